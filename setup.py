@@ -1,0 +1,40 @@
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+version: dict = {}
+exec(Path("video_diffusion_pytorch/version.py").read_text(), version)
+
+setup(
+    name="video-diffusion-pytorch",
+    packages=find_packages(exclude=["tests", "tests.*", "benchmarks", "examples"]),
+    version=version["__version__"],
+    license="MIT",
+    description="Video Diffusion Models (Ho et al. 2022) in PyTorch: text-to-video and unconditional video generation",
+    long_description=Path("README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    url="https://github.com/video-diffusion-pytorch/video-diffusion-pytorch",
+    keywords=["artificial intelligence", "deep learning", "diffusion", "video generation", "text-to-video"],
+    python_requires=">=3.9",
+    install_requires=[
+        "torch>=2.1",
+        "torchvision>=0.16",
+        "einops>=0.6",
+        "einops-exts>=0.0.4",
+        "rotary-embedding-torch>=0.3",
+        "transformers>=4.30",
+        "pillow>=9.0",
+        "tqdm>=4.60",
+    ],
+    extras_require={
+        "test": ["pytest>=7"],
+    },
+    classifiers=[
+        "Development Status :: 4 - Beta",
+        "Intended Audience :: Developers",
+        "Intended Audience :: Science/Research",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+        "License :: OSI Approved :: MIT License",
+        "Programming Language :: Python :: 3",
+    ],
+)

@@ -1,0 +1,292 @@
+"""Unet3D: the space-time factorised U-net of Video Diffusion Models (Ho et al. 2022, §3)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from einops import rearrange
+from rotary_embedding_torch import RotaryEmbedding
+from torch import Tensor, nn
+
+from .attention import (
+    Attention,
+    RelativePositionBias,
+    SpatialAttention,
+    SpatialLinearAttention,
+    TemporalAttention,
+)
+from .helpers import default, exists, prob_mask_like
+from .nn import Downsample, PreNorm, Residual, ResnetBlock, SinusoidalPosEmb, Upsample
+from .text import BERT_MODEL_DIM
+
+
+class Unet3D(nn.Module):
+    """Denoising U-net over videos `(b, channels, frames, height, width)`.
+
+    Convolutions mix pixels within a frame; every level has a temporal attention that
+    mixes frames, with rotary embeddings and a relative-position bias, so one model
+    handles any number of frames.
+
+    Args:
+        dim: base width; level widths are `dim * m` for `m` in `dim_mults`.
+        cond_dim: width of a conditioning vector (makes the model conditional).
+        out_dim: output channels (default `channels`).
+        dim_mults: width multipliers, one per resolution level.
+        channels: input channels.
+        attn_heads: heads of every attention.
+        attn_dim_head: head width of the temporal attention.
+        use_bert_text_cond: condition on BERT-base text embeddings (`cond_dim` = 768).
+        init_dim: width after the first convolution (default `dim`).
+        init_kernel_size: odd spatial kernel of the first convolution.
+        use_sparse_linear_attn: add linear spatial attention at every level.
+        block_type: only 'resnet'.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        cond_dim: int | None = None,
+        out_dim: int | None = None,
+        dim_mults: tuple[int, ...] = (1, 2, 4, 8),
+        channels: int = 3,
+        attn_heads: int = 8,
+        attn_dim_head: int = 32,
+        use_bert_text_cond: bool = False,
+        init_dim: int | None = None,
+        init_kernel_size: int = 7,
+        use_sparse_linear_attn: bool = True,
+        block_type: str = "resnet",
+    ):
+        super().__init__()
+        if block_type != "resnet":
+            raise ValueError(f"block_type must be 'resnet', got {block_type!r}")
+        if init_kernel_size % 2 != 1:
+            raise ValueError(f"init_kernel_size must be odd, got {init_kernel_size}")
+        if len(dim_mults) == 0:
+            raise ValueError("dim_mults must name at least one level")
+
+        self.config: dict[str, Any] = dict(
+            dim=dim, cond_dim=cond_dim, out_dim=out_dim, dim_mults=tuple(dim_mults),
+            channels=channels, attn_heads=attn_heads, attn_dim_head=attn_dim_head,
+            use_bert_text_cond=use_bert_text_cond, init_dim=init_dim,
+            init_kernel_size=init_kernel_size, use_sparse_linear_attn=use_sparse_linear_attn,
+            block_type=block_type,
+        )  # fmt: skip
+        self.channels = channels
+        self.use_bert_text_cond = use_bert_text_cond
+
+        # one rotary embedding and one position bias shared by every temporal attention
+        rotary_emb = RotaryEmbedding(min(32, attn_dim_head))
+        self.time_rel_pos_bias = RelativePositionBias(heads=attn_heads, max_distance=32)
+
+        def temporal_attn(width: int) -> nn.Module:
+            attention = Attention(width, heads=attn_heads, dim_head=attn_dim_head, rotary_emb=rotary_emb)
+            return Residual(PreNorm(width, TemporalAttention(attention)))
+
+        def spatial_linear_attn(width: int) -> nn.Module:
+            if not use_sparse_linear_attn:
+                return nn.Identity()
+            return Residual(PreNorm(width, SpatialLinearAttention(width, heads=attn_heads)))
+
+        init_dim = default(init_dim, dim)
+        init_padding = init_kernel_size // 2
+        self.init_conv = nn.Conv3d(
+            channels, init_dim, (1, init_kernel_size, init_kernel_size),
+            padding=(0, init_padding, init_padding),
+        )  # fmt: skip
+        self.init_temporal_attn = temporal_attn(init_dim)
+
+        dims = [init_dim, *(dim * m for m in dim_mults)]
+        in_out = list(zip(dims[:-1], dims[1:]))
+        self.num_downsamples = len(in_out) - 1
+
+        time_dim = dim * 4
+        self.time_mlp = nn.Sequential(
+            SinusoidalPosEmb(dim), nn.Linear(dim, time_dim), nn.GELU(), nn.Linear(time_dim, time_dim)
+        )
+
+        # conditioning: a vector per sample, concatenated with the time embedding
+        self.has_cond = exists(cond_dim) or use_bert_text_cond
+        self.cond_dim = BERT_MODEL_DIM if use_bert_text_cond else cond_dim
+        self.null_cond_emb = nn.Parameter(torch.randn(1, self.cond_dim)) if self.has_cond else None
+        emb_dim = time_dim + (self.cond_dim if self.has_cond else 0)
+
+        self.downs = nn.ModuleList([])
+        self.ups = nn.ModuleList([])
+        for index, (dim_in, dim_out) in enumerate(in_out):
+            is_last = index == len(in_out) - 1
+            self.downs.append(nn.ModuleList([
+                ResnetBlock(dim_in, dim_out, time_emb_dim=emb_dim),
+                ResnetBlock(dim_out, dim_out, time_emb_dim=emb_dim),
+                spatial_linear_attn(dim_out),
+                temporal_attn(dim_out),
+                Downsample(dim_out) if not is_last else nn.Identity(),
+            ]))  # fmt: skip
+
+        mid_dim = dims[-1]
+        self.mid_block1 = ResnetBlock(mid_dim, mid_dim, time_emb_dim=emb_dim)
+        self.mid_spatial_attn = Residual(
+            PreNorm(mid_dim, SpatialAttention(Attention(mid_dim, heads=attn_heads)))
+        )
+        self.mid_temporal_attn = temporal_attn(mid_dim)
+        self.mid_block2 = ResnetBlock(mid_dim, mid_dim, time_emb_dim=emb_dim)
+
+        for index, (dim_in, dim_out) in enumerate(reversed(in_out)):
+            is_last = index == len(in_out) - 1
+            self.ups.append(nn.ModuleList([
+                ResnetBlock(dim_out * 2, dim_in, time_emb_dim=emb_dim),
+                ResnetBlock(dim_in, dim_in, time_emb_dim=emb_dim),
+                spatial_linear_attn(dim_in),
+                temporal_attn(dim_in),
+                Upsample(dim_in) if not is_last else nn.Identity(),
+            ]))  # fmt: skip
+
+        # the skip from right after init_temporal_attn joins here, so 2 * init_dim channels
+        self.final_conv = nn.Sequential(
+            ResnetBlock(init_dim * 2, dim), nn.Conv3d(dim, default(out_dim, channels), 1)
+        )
+
+    # ------------------------------------------------------------ input checks
+
+    def _check_inputs(self, x: Tensor, time: Tensor, cond: Any) -> None:
+        if not isinstance(x, Tensor) or x.ndim != 5:
+            shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+            raise ValueError(f"expected a video batch (b, c, f, h, w), got {shape}")
+        b, c, _, h, w = x.shape
+        if c != self.channels:
+            raise ValueError(f"expected {self.channels} channels, got {c} (video shape {tuple(x.shape)})")
+        factor = 2**self.num_downsamples
+        if h % factor or w % factor:
+            raise ValueError(
+                f"height and width must be multiples of {factor} for {self.num_downsamples} "
+                f"downsamplings, got {h}x{w}"
+            )
+        if time.shape != (b,):
+            raise ValueError(f"expected one timestep per video, shape ({b},), got {tuple(time.shape)}")
+
+        if isinstance(cond, (str, list, tuple)):
+            raise TypeError(
+                "Unet3D takes conditioning as a tensor (b, cond_dim); embed strings with "
+                "bert_embed(tokenize(texts)), or pass them to GaussianDiffusion, which does"
+            )
+        if not self.has_cond:
+            if exists(cond):
+                raise ValueError(
+                    "this Unet3D is unconditional (no cond_dim, use_bert_text_cond=False) "
+                    f"but got cond of shape {tuple(cond.shape)}"
+                )
+            return
+        if not exists(cond):
+            raise ValueError(f"this Unet3D is conditional: pass cond of shape ({b}, {self.cond_dim})")
+        if cond.shape != (b, self.cond_dim):
+            raise ValueError(f"expected cond of shape ({b}, {self.cond_dim}), got {tuple(cond.shape)}")
+
+    # ------------------------------------------------------------ forward
+
+    def forward_with_cond_scale(self, *args, cond_scale: float = 2.0, **kwargs) -> Tensor:
+        """Classifier-free guidance (Ho & Salimans 2022, eq. 6):
+        `null + (cond_out - null) * cond_scale`. Same arguments as `forward`."""
+        if cond_scale == 1:
+            return self.forward(*args, null_cond_prob=0.0, **kwargs)
+        if not self.has_cond:
+            raise ValueError(
+                f"cond_scale={cond_scale} asks for classifier-free guidance, but this Unet3D is "
+                "unconditional; use cond_scale=1"
+            )
+        logits = self.forward(*args, null_cond_prob=0.0, **kwargs)
+        null_logits = self.forward(*args, null_cond_prob=1.0, **kwargs)
+        return null_logits + (logits - null_logits) * cond_scale
+
+    def forward(
+        self,
+        x: Tensor,
+        time: Tensor,
+        cond: Tensor | None = None,
+        null_cond_prob: float = 0.0,
+        focus_present_mask: Tensor | None = None,
+        prob_focus_present: float = 0.0,
+        independent_frames: Tensor | None = None,
+    ) -> Tensor:
+        """Predict the noise in `x`.
+
+        Args:
+            x: noisy videos `(b, channels, f, h, w)`; h and w multiples of
+                `2 ** (len(dim_mults) - 1)`; any number of frames.
+            time: diffusion steps `(b,)`.
+            cond: conditioning `(b, cond_dim)`, required exactly when the model is
+                conditional.
+            null_cond_prob: probability of replacing each sample's `cond` with the learned
+                null embedding (classifier-free guidance training).
+            focus_present_mask: bool `(b,)`; True makes that sample's temporal attention
+                attend only to the present frame. Drawn with `prob_focus_present` when None.
+            prob_focus_present: probability per sample of focusing on the present.
+            independent_frames: bool `(b, f)` or `(f,)`, True for frames that are
+                independent images (joint image-video training): in every temporal
+                attention they attend only to themselves and no other frame sees them.
+        Returns the predicted noise `(b, out_dim, f, h, w)`.
+        """
+        if not isinstance(time, Tensor):
+            time = torch.tensor(time, device=x.device)
+        if time.ndim == 0:
+            time = time.expand(x.shape[0])
+        self._check_inputs(x, time, cond)
+        batch, _, num_frames = x.shape[:3]
+        device = x.device
+
+        if exists(independent_frames) and independent_frames.shape not in (
+            (num_frames,), (batch, num_frames),
+        ):  # fmt: skip
+            raise ValueError(
+                f"independent_frames must have shape ({num_frames},) or ({batch}, {num_frames}), "
+                f"got {tuple(independent_frames.shape)}"
+            )
+        if exists(focus_present_mask) and focus_present_mask.shape != (batch,):
+            raise ValueError(f"focus_present_mask must have shape ({batch},), got {tuple(focus_present_mask.shape)}")
+        focus_present_mask = default(
+            focus_present_mask, lambda: prob_mask_like((batch,), prob_focus_present, device=device)
+        )
+
+        time_rel_pos_bias = self.time_rel_pos_bias(num_frames, device=device)
+
+        x = self.init_conv(x)
+        x = self.init_temporal_attn(x, pos_bias=time_rel_pos_bias, independent_frames=independent_frames)
+        r = x.clone()
+
+        t = self.time_mlp(time)
+        if self.has_cond:
+            # classifier-free guidance: swap in the null embedding with probability null_cond_prob
+            drop = prob_mask_like((batch,), null_cond_prob, device=device)
+            cond = torch.where(rearrange(drop, "b -> b 1"), self.null_cond_emb, cond)
+            t = torch.cat((t, cond), dim=-1)
+
+        temporal_kwargs = dict(
+            pos_bias=time_rel_pos_bias,
+            focus_present_mask=focus_present_mask,
+            independent_frames=independent_frames,
+        )
+
+        skips = []
+        for block1, block2, spatial_attn, temporal_attn, downsample in self.downs:
+            x = block1(x, t)
+            x = block2(x, t)
+            x = spatial_attn(x)
+            x = temporal_attn(x, **temporal_kwargs)
+            skips.append(x)
+            x = downsample(x)
+
+        x = self.mid_block1(x, t)
+        x = self.mid_spatial_attn(x)
+        x = self.mid_temporal_attn(x, **temporal_kwargs)
+        x = self.mid_block2(x, t)
+
+        for block1, block2, spatial_attn, temporal_attn, upsample in self.ups:
+            x = torch.cat((x, skips.pop()), dim=1)
+            x = block1(x, t)
+            x = block2(x, t)
+            x = spatial_attn(x)
+            x = temporal_attn(x, **temporal_kwargs)
+            x = upsample(x)
+
+        x = torch.cat((x, r), dim=1)
+        return self.final_conv(x)

@@ -18,6 +18,7 @@ from .helpers import (
     normalize_to_neg_one_to_one,
     unnormalize_to_zero_to_one,
 )
+from .hub import PretrainedMixin
 from .samplers import sample_ancestral
 from .schedules import cosine_beta_schedule
 from .text import embed_texts
@@ -25,7 +26,7 @@ from .text import embed_texts
 LOSS_TYPES = ("l1", "l2")
 
 
-class GaussianDiffusion(nn.Module):
+class GaussianDiffusion(PretrainedMixin, nn.Module):
     """Gaussian diffusion over videos `(b, channels, num_frames, image_size, image_size)`.
 
     Videos enter `forward` in [0, 1] and are mapped to [-1, 1]; `sample` returns [0, 1].
@@ -354,8 +355,11 @@ class GaussianDiffusion(nn.Module):
     def forward(self, videos: Tensor, *args, **kwargs) -> Tensor:
         """Training loss for videos in [0, 1] of shape `(b, channels, num_frames, image_size,
         image_size)` at uniformly drawn steps. Keywords (`cond`, `null_cond_prob`,
-        `prob_focus_present`, `focus_present_mask`) reach `p_losses` and the denoiser."""
-        self._check_videos(videos)
+        `prob_focus_present`, `focus_present_mask`) reach `p_losses` and the denoiser.
+        With `independent_frames` (joint image-video training, Ho et al. 2022, §3) the
+        videos may carry image frames beyond `num_frames`; the denoiser checks the mask."""
+        if kwargs.get("independent_frames") is None:
+            self._check_videos(videos)
         b = videos.shape[0]
         t = torch.randint(0, self.num_timesteps, (b,), device=videos.device).long()
         return self.p_losses(normalize_to_neg_one_to_one(videos), t, *args, **kwargs)

@@ -17,11 +17,12 @@ from .attention import (
     TemporalAttention,
 )
 from .helpers import default, exists, prob_mask_like
+from .hub import PretrainedMixin
 from .nn import Downsample, PreNorm, Residual, ResnetBlock, SinusoidalPosEmb, Upsample
 from .text import BERT_MODEL_DIM
 
 
-class Unet3D(nn.Module):
+class Unet3D(PretrainedMixin, nn.Module):
     """Denoising U-net over videos `(b, channels, frames, height, width)`.
 
     Convolutions mix pixels within a frame; every level has a temporal attention that

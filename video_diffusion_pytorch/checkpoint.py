@@ -1,0 +1,134 @@
+"""Trainer checkpoints: atomic writes, safe loads, milestones and random states.
+
+A checkpoint `model-{milestone}.pt` is a plain dict. The original's keys come first and
+keep their meaning, so either library reads the other's files:
+
+    step       int, optimisation steps done (the original stored the index of the step
+               it had just taken, so its checkpoints resume one step early)
+    model      GaussianDiffusion state dict
+    ema        the EMA copy's state dict
+    scaler     the grad scaler's state dict ({} without fp16)
+
+and ours adds `format_version`, `optimizer`, `rng` (one entry per process), `data`
+(where each data stream stands), `losses` and `config` (the model's description, see
+`hub.describe_model`). Every value is a tensor, number, string or container of them, so
+`torch.load(..., weights_only=True)` reads it without unpickling code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pickle
+import random
+import re
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+FORMAT_VERSION = 1
+CHECKPOINT_PATTERN = re.compile(r"model-(\d+)\.pt")
+
+# ---------------------------------------------------------------- atomic files
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; on success it replaces `path` in one step.
+
+    A reader sees the old file or the new one, never half of one: the temporary file is
+    written in the same folder (so `os.replace` is a rename on one file system) and is
+    deleted if writing fails. A process killed mid-write leaves only a hidden
+    `.{name}.*.tmp` file, which nothing here reads.
+    """
+    path = Path(path)
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(descriptor)
+    temporary = Path(temporary)
+    try:
+        yield temporary
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write a UTF-8 text file atomically."""
+    with atomic_path(path) as temporary:
+        temporary.write_text(text, encoding="utf-8")
+
+
+def save_checkpoint(checkpoint: dict[str, Any], path: str | os.PathLike) -> None:
+    """`torch.save` to `path` atomically (the previous file stays whole until the end)."""
+    with atomic_path(path) as temporary:
+        torch.save(checkpoint, temporary)
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a checkpoint on the CPU without unpickling code (`weights_only=True`)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, KeyError) as error:
+        # weights_only refusals, truncated archives, empty files and non-torch files
+        raise ValueError(f"{path} is not a readable checkpoint: {error}") from error
+    if not isinstance(checkpoint, dict) or not {"step", "model", "ema"} <= checkpoint.keys():
+        raise ValueError(f"{path} is not a Trainer checkpoint (a dict with 'step', 'model' and 'ema')")
+    return checkpoint
+
+
+# ---------------------------------------------------------------- milestones
+
+
+def checkpoint_path(folder: str | os.PathLike, milestone: int) -> Path:
+    return Path(folder) / f"model-{milestone}.pt"
+
+
+def list_milestones(folder: str | os.PathLike) -> list[int]:
+    """The milestones with a checkpoint in `folder`, ascending."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    found = (CHECKPOINT_PATTERN.fullmatch(path.name) for path in folder.iterdir())
+    return sorted(int(match.group(1)) for match in found if match)
+
+
+def resolve_milestone(folder: str | os.PathLike, milestone: int) -> int:
+    """`milestone`, or the latest one in `folder` when it is -1."""
+    if milestone != -1:
+        return milestone
+    milestones = list_milestones(folder)
+    if not milestones:
+        raise FileNotFoundError(f"no checkpoint (model-N.pt) in {folder} to load the latest milestone from")
+    return milestones[-1]
+
+
+# ---------------------------------------------------------------- random states
+
+
+def capture_rng_state() -> dict[str, Any]:
+    """This process's random states: torch (CPU and every CUDA device), Python, NumPy."""
+    version, python_state, gauss_next = random.getstate()
+    numpy_state = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "python": [version, list(python_state), gauss_next],
+        "numpy": [numpy_state[0], torch.from_numpy(numpy_state[1].astype(np.int64)), *numpy_state[2:]],
+    }
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    """Set the random states captured by `capture_rng_state`."""
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    version, python_state, gauss_next = state["python"]
+    random.setstate((version, tuple(python_state), gauss_next))
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))

@@ -1,6 +1,18 @@
+from .data import gif_to_tensor, video_tensor_to_gif
 from .diffusion import GaussianDiffusion
 from .text import BERT_MODEL_DIM, bert_embed, tokenize
+from .trainer import Trainer
 from .unet import Unet3D
 from .version import __version__
 
-__all__ = ["Unet3D", "GaussianDiffusion", "tokenize", "bert_embed", "BERT_MODEL_DIM", "__version__"]
+__all__ = [
+    "Unet3D",
+    "GaussianDiffusion",
+    "Trainer",
+    "tokenize",
+    "bert_embed",
+    "BERT_MODEL_DIM",
+    "video_tensor_to_gif",
+    "gif_to_tensor",
+    "__version__",
+]

@@ -28,6 +28,7 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=7"],
+        "video": ["av>=11"],
     },
     classifiers=[
         "Development Status :: 4 - Beta",

@@ -27,7 +27,8 @@ setup(
         "tqdm>=4.60",
     ],
     extras_require={
-        "test": ["pytest>=7"],
+        "test": ["pytest>=7", "av>=11"],
+        "video": ["av>=11"],
     },
     classifiers=[
         "Development Status :: 4 - Beta",

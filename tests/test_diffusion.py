@@ -80,3 +80,34 @@ def test_interpolate_from_a_low_step_keeps_the_inputs_apart():
     towards_dark = diffusion.interpolate(dark, bright, t=0, lam=0.0, generator=generator, progress=False)
     towards_bright = diffusion.interpolate(dark, bright, t=0, lam=1.0, generator=generator, progress=False)
     assert towards_dark.mean() < towards_bright.mean()
+
+
+def test_sample_draws_random_numbers_in_the_original_order():
+    # the original draws x_T, then one noise tensor per step (also at t == 0), from the
+    # global generator: a seeded script gives the same videos with either library
+    diffusion = make_diffusion(cond_dim=4)
+    cond = torch.randn(2, 4)
+    torch.manual_seed(123)
+    samples = diffusion.sample(cond=cond, cond_scale=2.0, progress=False)
+
+    torch.manual_seed(123)
+    x = torch.randn(2, 3, 3, 8, 8)
+    with torch.no_grad():
+        for i in reversed(range(diffusion.num_timesteps)):
+            t = torch.full((2,), i, dtype=torch.long)
+            mean, _, log_variance = diffusion.p_mean_variance(x, t, clip_denoised=True, cond=cond, cond_scale=2.0)
+            noise = torch.randn_like(x)
+            x = mean + (i > 0) * (0.5 * log_variance).exp() * noise
+    torch.testing.assert_close(samples, (x + 1) * 0.5)
+
+
+def test_forward_draws_random_numbers_in_the_original_order():
+    diffusion = make_diffusion()
+    videos = torch.rand(2, 3, 3, 8, 8)
+    torch.manual_seed(7)
+    loss = diffusion(videos)
+    torch.manual_seed(7)
+    t = torch.randint(0, diffusion.num_timesteps, (2,))
+    x_start = videos * 2 - 1
+    noise = torch.randn_like(x_start)
+    torch.testing.assert_close(loss, diffusion.p_losses(x_start, t, noise=noise))

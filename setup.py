@@ -17,7 +17,7 @@ setup(
     keywords=["artificial intelligence", "deep learning", "diffusion", "video generation", "text-to-video"],
     python_requires=">=3.9",
     install_requires=[
-        "torch>=2.1",
+        "torch>=2.3",
         "torchvision>=0.16",
         "einops>=0.6",
         "einops-exts>=0.0.4",
@@ -25,7 +25,13 @@ setup(
         "transformers>=4.30",
         "pillow>=9.0",
         "tqdm>=4.60",
+        "accelerate>=0.26",
+        "safetensors>=0.4",
+        "huggingface-hub>=0.20",
+        "matplotlib>=3.5",
+        "numpy>=1.21",
     ],
+    entry_points={"console_scripts": ["video-diffusion = video_diffusion_pytorch.cli:main"]},
     extras_require={
         "test": ["pytest>=7", "av>=11"],
         "video": ["av>=11"],

@@ -27,7 +27,7 @@ torch.save(
         "ema": trainer.ema_model.state_dict(),
         "losses": trainer.losses,
         "logs": len(logs),
-        "data_position": trainer.data_position,
+        "data_position": trainer.data.position,
     },
     out / f"state-rank{rank}.pt",
 )

@@ -136,11 +136,11 @@ def test_focus_present_reaches_the_unet(tmp_path):
 
 
 def test_text_conditioned_training(tmp_path, tiny_bert, monkeypatch):
-    from video_diffusion_pytorch import trainer as trainer_module
+    from video_diffusion_pytorch import training_data
 
     embedded = []
-    embed_texts = trainer_module.embed_texts
-    monkeypatch.setattr(trainer_module, "embed_texts", lambda texts, **kw: embedded.append(list(texts)) or embed_texts(texts, **kw))
+    embed_texts = training_data.embed_texts
+    monkeypatch.setattr(training_data, "embed_texts", lambda texts, **kw: embedded.append(list(texts)) or embed_texts(texts, **kw))
     diffusion = make_diffusion(use_bert_text_cond=True)
     calls = record_denoiser_calls(diffusion)
     data = CaptionedClips(["red square moving left", "circle moving right", "red square moving left"])
@@ -186,7 +186,7 @@ def test_condition_mismatch_is_an_error(tmp_path, unet_kwargs, data, message):
         (None, dict(cond_drop_prob=0.5), ValueError, "needs a conditional model"),
         (None, dict(train_batch_size=0), ValueError, "train_batch_size must be a positive integer"),
         (None, dict(num_images_per_clip=2), ValueError, "needs both image_folder"),
-        (None, dict(horizontal_flip=True), ValueError, "apply to a folder"),
+        (None, dict(horizontal_flip=True), ValueError, "applies to a folder"),
     ],
 )
 def test_bad_arguments(tmp_path, data, kwargs, error, message):
@@ -210,6 +210,6 @@ def test_joint_image_video_training(tmp_path):
     trainer.train()
     assert all(call["frames"] == FRAMES + 2 for call in calls)
     assert calls[0]["independent_frames"].tolist() == [False] * FRAMES + [True] * 2
-    assert trainer.image_position == 2 * 2 * 2 * 2  # steps x accumulation x batch x images per clip
+    assert trainer.data.image_position == 2 * 2 * 2 * 2  # steps x accumulation x batch x images per clip
     # the samples are videos of the model's own length
     assert Image.open(tmp_path / "results" / "1.gif").n_frames == FRAMES

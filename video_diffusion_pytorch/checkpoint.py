@@ -17,42 +17,22 @@ and ours adds `format_version`, `optimizer`, `rng` (one entry per process), `dat
 
 from __future__ import annotations
 
-import contextlib
 import os
 import pickle
 import random
 import re
-import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
 
+from .video_io import atomic_path
+
 FORMAT_VERSION = 1
 CHECKPOINT_PATTERN = re.compile(r"model-(\d+)\.pt")
 
-# ---------------------------------------------------------------- atomic files
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; on success it replaces `path` in one step.
-
-    A reader sees the old file or the new one, never half of one: the temporary file is
-    written in the same folder (so `os.replace` is a rename on one file system) and is
-    deleted if writing fails. A process killed mid-write leaves only a hidden
-    `.{name}.*.tmp` file, which nothing here reads.
-    """
-    path = Path(path)
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(descriptor)
-    temporary = Path(temporary)
-    try:
-        yield temporary
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
+# ---------------------------------------------------------------- atomic files (see video_io.atomic_path)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

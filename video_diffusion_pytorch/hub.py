@@ -23,7 +23,8 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
-from .checkpoint import atomic_path, atomic_write_text
+from .checkpoint import atomic_write_text
+from .video_io import atomic_path
 from .version import __version__
 
 CONFIG_NAME = "config.json"

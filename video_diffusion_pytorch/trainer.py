@@ -20,7 +20,6 @@ from typing import Any, Callable, Iterator
 import torch
 from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list, gather_object, set_seed
-from einops import rearrange
 from torch import Tensor, nn
 from torch.optim import Adam
 from tqdm.auto import tqdm
@@ -35,30 +34,18 @@ from .checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
-from .data import ImageDataset, VideoDataset, video_tensor_to_gif
+from .data import video_tensor_to_gif
 from .diffusion import GaussianDiffusion
 from .ema import EMA
 from .helpers import default, exists, num_to_groups
 from .hub import describe_model
-from .loader import CaptionEmbeddings, condition_kind, endless_loader, split_item
 from .results import plot_losses, video_grid
-from .text import embed_texts
+from .training_data import TrainingData
 
 logger = logging.getLogger(__name__)
 
-IMAGE_STREAM_OFFSET = 2**32  # the image stream's seed, apart from every epoch seed of the video stream
-
-
 def noop(*args: Any, **kwargs: Any) -> None:
     """A `log_fn` that ignores its arguments."""
-
-
-def _first_item(dataset: Any, what: str) -> tuple[Tensor, Any]:
-    if not (hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__")):
-        raise TypeError(f"{what} must be a folder path or a dataset (with __len__ and __getitem__), got {type(dataset).__name__}")
-    if len(dataset) == 0:
-        raise ValueError(f"{what} is empty: need at least one item to train on")
-    return split_item(dataset[0])
 
 
 class Trainer:
@@ -94,8 +81,9 @@ class Trainer:
             (classifier-free guidance; the U-net's `null_cond_prob`).
         sample_cond_scale: guidance scale of the milestone samples.
         horizontal_flip: flip clips at random (folders only; a dataset does its own).
-        short_clips: `VideoDataset`'s policy for clips shorter than `num_frames`
-            (folders only; None keeps the dataset's default).
+        short_clips: what a folder's clips shorter than the model's `num_frames` become:
+            "pad" (black frames at the end, the original's behaviour), "loop" or "skip"
+            (see `VideoDataset`).
         image_folder: joint image-video training (Ho et al. 2022, §3): a folder of images
             (`ImageDataset`) or a dataset of images `(c, h, w)`.
         num_images_per_clip: images appended to each clip as extra frames; their
@@ -133,7 +121,7 @@ class Trainer:
         cond_drop_prob: float = 0.0,
         sample_cond_scale: float = 1.0,
         horizontal_flip: bool = False,
-        short_clips: str | None = None,
+        short_clips: str = "pad",
         image_folder: str | os.PathLike | Any | None = None,
         num_images_per_clip: int = 0,
         seed: int | None = None,
@@ -169,8 +157,7 @@ class Trainer:
         elif self.accelerator.num_processes > 1:
             # fresh processes share torch's default seed; each needs its own noise
             torch.manual_seed(torch.initial_seed() + self.accelerator.process_index)
-        self.data_seed = default(seed, lambda: int(torch.randint(2**62, ()).item()))
-        self.data_seed = broadcast_object_list([self.data_seed])[0]
+        data_seed = default(seed, lambda: int(torch.randint(2**62, ()).item()))
         self.sample_seed = default(seed, 0)
 
         self.batch_size = train_batch_size
@@ -182,12 +169,16 @@ class Trainer:
         self.save_and_sample_every = save_and_sample_every
         self.num_sample_rows = num_sample_rows
         self.max_grad_norm = max_grad_norm
-        self.cond_drop_prob = cond_drop_prob
         self.sample_cond_scale = sample_cond_scale
-        self.num_workers = num_workers
 
-        self._setup_data(diffusion_model, folder, horizontal_flip, short_clips)
-        self._setup_images(diffusion_model, image_folder, num_images_per_clip, horizontal_flip)
+        self.data = TrainingData(
+            diffusion_model, folder, batch_size=train_batch_size, seed=broadcast_object_list([data_seed])[0],
+            device=self.device, rank=self.accelerator.process_index, num_processes=self.accelerator.num_processes,
+            cond_drop_prob=cond_drop_prob, num_samples=num_sample_rows**2, horizontal_flip=horizontal_flip,
+            short_clips=short_clips, image_folder=image_folder, num_images_per_clip=num_images_per_clip,
+            num_workers=num_workers, progress=progress and self.is_main,
+        )  # fmt: skip
+        self.ds = self.data.ds
 
         self.model = diffusion_model
         self.ema = EMA(ema_decay)
@@ -201,92 +192,11 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=amp and self.device.type == "cuda")
 
         self.step = 0
-        self.data_position = 0  # position in the stream of clips, over all processes
-        self.image_position = 0
         self.losses: list[float] = []
         self.results_folder = Path(results_folder)
         if self.is_main:
             self.results_folder.mkdir(parents=True, exist_ok=True)
         self.reset_parameters()
-
-    # ------------------------------------------------------------ set-up
-
-    def _setup_data(self, diffusion: GaussianDiffusion, folder: Any, horizontal_flip: bool, short_clips: str | None) -> None:
-        channels, num_frames, size = diffusion.channels, diffusion.num_frames, diffusion.image_size
-        if isinstance(folder, (str, os.PathLike)):
-            options = {} if short_clips is None else {"short_clips": short_clips}
-            self.ds = VideoDataset(folder, size, channels, num_frames, horizontal_flip=horizontal_flip, **options)
-            logger.info("found %d videos in %s", len(self.ds), folder)
-        elif horizontal_flip or exists(short_clips):
-            raise ValueError("horizontal_flip and short_clips apply to a folder; a dataset does its own transforms")
-        else:
-            self.ds = folder
-
-        video, condition = _first_item(self.ds, "the training data")
-        expected = (channels, num_frames, size, size)
-        if tuple(video.shape) != expected:
-            raise ValueError(
-                f"the model takes videos (channels, frames, height, width) = {expected}, "
-                f"but the dataset yields {tuple(video.shape)}"
-            )
-        self.condition_kind = condition_kind(condition)
-        denoiser = diffusion.denoise_fn
-        text_model = bool(getattr(denoiser, "use_bert_text_cond", False))
-        if self.condition_kind == "text" and not text_model:
-            raise ValueError(
-                "the dataset has captions, but the model is not text-conditioned: build it with "
-                "Unet3D(..., use_bert_text_cond=True), or train on a dataset without captions"
-            )
-        if text_model and self.condition_kind != "text":
-            raise ValueError(
-                "the model is text-conditioned (use_bert_text_cond=True), but the dataset has no captions: "
-                "put a caption file beside each clip (clip.gif + clip.txt)"
-            )
-        if self.condition_kind == "vector" and getattr(denoiser, "cond_dim", None) != condition.shape[0]:
-            raise ValueError(
-                f"the dataset yields condition vectors of size {condition.shape[0]}, but the model takes "
-                f"cond_dim={getattr(denoiser, 'cond_dim', None)}"
-            )
-        if self.condition_kind == "none" and diffusion.has_cond:
-            raise ValueError("the model is conditional, but the dataset's items carry no condition")
-        if self.cond_drop_prob > 0 and not diffusion.has_cond:
-            raise ValueError(f"cond_drop_prob={self.cond_drop_prob} needs a conditional model")
-
-        self.caption_embeddings = None
-        self.sample_conditions = None  # (num_sample_rows ** 2, cond_dim) for vector-conditioned runs
-        num_samples = self.num_sample_rows**2
-        if self.condition_kind == "text":
-            captions = getattr(self.ds, "captions", None)
-            if captions is None:
-                raise ValueError("a dataset of (video, caption) pairs must list every caption in a `captions` attribute")
-
-            def embed(texts: list[str]) -> Tensor:
-                return embed_texts(
-                    texts, return_cls_repr=diffusion.text_use_bert_cls, device=self.device, model=diffusion.bert_model
-                )
-
-            self.caption_embeddings = CaptionEmbeddings(captions, embed, progress=self.progress and self.is_main)
-        elif self.condition_kind == "vector":
-            self.sample_conditions = torch.stack([split_item(self.ds[i % len(self.ds)])[1] for i in range(num_samples)])
-
-    def _setup_images(self, diffusion: GaussianDiffusion, image_folder: Any, num_images_per_clip: int, horizontal_flip: bool) -> None:
-        self.num_images_per_clip = num_images_per_clip
-        self.image_ds = None
-        if (image_folder is None) != (num_images_per_clip == 0):
-            raise ValueError(
-                "joint image-video training needs both image_folder and num_images_per_clip > 0, "
-                f"got image_folder={image_folder!r} and num_images_per_clip={num_images_per_clip}"
-            )
-        if image_folder is None:
-            return
-        size, channels = diffusion.image_size, diffusion.channels
-        if isinstance(image_folder, (str, os.PathLike)):
-            self.image_ds = ImageDataset(image_folder, size, channels, horizontal_flip=horizontal_flip)
-        else:
-            self.image_ds = image_folder
-        image, _ = _first_item(self.image_ds, "the image data")
-        if tuple(image.shape) != (channels, size, size):
-            raise ValueError(f"the model takes images {(channels, size, size)}, but the image data yields {tuple(image.shape)}")
 
     @property
     def is_main(self) -> bool:
@@ -304,42 +214,6 @@ class Trainer:
             self.reset_parameters()
             return
         self.ema.update_model_average(self.ema_model, self.model)
-
-    # ------------------------------------------------------------ data
-
-    def _batches(self) -> Iterator[tuple[Tensor, dict[str, Any]]]:
-        """Endless `(videos, model keywords)` on the device, advancing the stream positions."""
-        world, rank = self.accelerator.num_processes, self.accelerator.process_index
-        options = dict(rank=rank, num_replicas=world, num_workers=self.num_workers, pin_memory=self.device.type == "cuda")
-        clips = iter(endless_loader(self.ds, self.batch_size, seed=self.data_seed, start=self.data_position, **options))
-        images = None
-        if exists(self.image_ds):
-            k = self.num_images_per_clip
-            images = iter(endless_loader(
-                self.image_ds, self.batch_size * k, seed=self.data_seed + IMAGE_STREAM_OFFSET,
-                start=self.image_position, **options,
-            ))  # fmt: skip
-            independent_frames = torch.tensor([False] * self.model.num_frames + [True] * k, device=self.device)
-
-        while True:
-            videos, condition = split_item(next(clips))
-            self.data_position += self.batch_size * world
-            videos = videos.to(self.device)
-            kwargs: dict[str, Any] = {}
-            if self.condition_kind == "text":
-                kwargs["cond"] = self.caption_embeddings(condition).to(self.device)
-            elif self.condition_kind == "vector":
-                kwargs["cond"] = condition.to(self.device)
-            if self.model.has_cond:
-                kwargs["null_cond_prob"] = self.cond_drop_prob
-            if exists(images):
-                image_batch, _ = split_item(next(images))
-                self.image_position += self.batch_size * self.num_images_per_clip * world
-                # (b * k, c, h, w) -> (b, c, k, h, w): k extra frames per clip
-                image_batch = rearrange(image_batch.to(self.device), "(b k) c h w -> b c k h w", b=videos.shape[0])
-                videos = torch.cat((videos, image_batch), dim=2)  # (b, c, f + k, h, w)
-                kwargs["independent_frames"] = independent_frames
-            yield videos, kwargs
 
     # ------------------------------------------------------------ training
 
@@ -396,7 +270,7 @@ class Trainer:
             raise TypeError(f"log_fn must be callable, got {type(log_fn).__name__}")
         if exists(focus_present_mask):
             focus_present_mask = focus_present_mask.to(self.device)
-        batches = self._batches()
+        batches = self.data.batches()
         bar = tqdm(
             total=self.train_num_steps, initial=self.step, desc="training",
             disable=not (self.progress and self.is_main), dynamic_ncols=True,
@@ -426,19 +300,12 @@ class Trainer:
 
     # ------------------------------------------------------------ samples
 
-    def _sample_conditions(self, n: int) -> tuple[Tensor | None, list[str] | None]:
-        if self.condition_kind == "text":
-            distinct = self.caption_embeddings.captions
-            prompts = [distinct[i % len(distinct)] for i in range(n)]
-            return self.caption_embeddings(prompts), prompts
-        return self.sample_conditions, None
-
     @torch.no_grad()
     def _write_samples(self, milestone: int) -> Path:
         """Sample `num_sample_rows ** 2` videos from the EMA model into `{milestone}.gif`
         (and their prompts into `{milestone}.txt`); the noise is the same at every milestone."""
         n = self.num_sample_rows**2
-        conditions, prompts = self._sample_conditions(n)
+        conditions, prompts = self.data.sample_conditions(n)
         generator = torch.Generator(self.device).manual_seed(self.sample_seed)
         videos, start = [], 0
         for size in num_to_groups(n, self.batch_size):
@@ -474,7 +341,7 @@ class Trainer:
                 "format_version": FORMAT_VERSION,
                 "optimizer": self.opt.state_dict(),
                 "rng": rng,
-                "data": {"seed": self.data_seed, "position": self.data_position, "image_position": self.image_position},
+                "data": self.data.state_dict(),
                 "losses": torch.tensor(self.losses, dtype=torch.float64),
                 "config": config,
             }
@@ -503,9 +370,7 @@ class Trainer:
             logger.info("%s comes from the original library: Adam and the data order start afresh", path)
             return
         self.opt.load_state_dict(checkpoint["optimizer"])
-        self.data_seed = checkpoint["data"]["seed"]
-        self.data_position = checkpoint["data"]["position"]
-        self.image_position = checkpoint["data"]["image_position"]
+        self.data.load_state_dict(checkpoint["data"])
         self.losses = checkpoint["losses"].tolist()
         states = checkpoint["rng"]
         if len(states) == self.accelerator.num_processes:

@@ -6,8 +6,8 @@ lives in the modules named in each import.
 """
 
 from .attention import Attention, RelativePositionBias, SpatialLinearAttention
+from .data import CHANNELS_TO_MODE, gif_to_tensor, seek_all_images, video_tensor_to_gif
 from .data import VideoDataset as Dataset
-from .data import gif_to_tensor, video_tensor_to_gif
 from .diffusion import GaussianDiffusion
 from .ema import EMA
 from .helpers import default, exists, extract, num_to_groups, prob_mask_like
@@ -20,9 +20,9 @@ from .trainer import Trainer, noop
 from .unet import Unet3D
 
 __all__ = [
-    "Attention", "BERT_MODEL_DIM", "Block", "Dataset", "Downsample", "EMA", "GaussianDiffusion",
+    "Attention", "BERT_MODEL_DIM", "CHANNELS_TO_MODE", "Block", "Dataset", "Downsample", "EMA", "GaussianDiffusion",
     "LayerNorm", "PreNorm", "RelativePositionBias", "Residual", "ResnetBlock", "SinusoidalPosEmb",
     "SpatialLinearAttention", "Trainer", "Unet3D", "Upsample", "bert_embed", "cosine_beta_schedule",
     "default", "exists", "extract", "gif_to_tensor", "noop", "normalize_img", "num_to_groups",
-    "prob_mask_like", "tokenize", "unnormalize_img", "video_tensor_to_gif",
+    "prob_mask_like", "seek_all_images", "tokenize", "unnormalize_img", "video_tensor_to_gif",
 ]  # fmt: skip

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from tiny_training import TINY, FlippedClips, make_diffusion, single_thread  # noqa: F401
+from tiny_training import FlippedClips, make_diffusion, single_thread  # noqa: F401
 from tiny_training import make_trainer as make_tiny_trainer
 from video_diffusion_pytorch import GaussianDiffusion, Trainer, Unet3D
 from video_diffusion_pytorch import checkpoint as checkpoint_module

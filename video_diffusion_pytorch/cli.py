@@ -15,7 +15,7 @@ from typing import Any, Sequence
 
 import torch
 
-from .checkpoint import list_milestones, load_checkpoint, resolve_milestone, checkpoint_path
+from .checkpoint import checkpoint_path, list_milestones, load_checkpoint, resolve_milestone
 from .data import VideoDataset, write_video
 from .diffusion import GaussianDiffusion
 from .hub import build_model

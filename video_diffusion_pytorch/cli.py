@@ -144,7 +144,7 @@ def _sample(args: argparse.Namespace) -> int:
     rows = math.ceil(math.sqrt(videos.shape[0]))
     out.parent.mkdir(parents=True, exist_ok=True)
     write_video(video_grid(videos.cpu(), rows), out, fps=args.fps)
-    print(f"wrote {videos.shape[0]} videos ({rows} per column) to {out}")
+    print(f"wrote {videos.shape[0]} videos, in a grid of {rows} rows, to {out}")
     if prompts:
         print("prompts, row by row:", *prompts, sep="\n  ")
     return 0

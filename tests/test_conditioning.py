@@ -234,3 +234,19 @@ def test_independent_frames_do_not_influence_other_frames_through_the_unet():
                 assert influence[i, j] == 0, f"frame {j} influences frame {i}"
     clip_influence = influence[:3, :3]
     assert (clip_influence > 1e-6).all()  # the clip's frames do see one another
+
+
+def test_text_sampling_first_leaves_bert_usable_for_training(tiny_bert_path, tmp_path, monkeypatch):
+    """BERT loads on first use; when that is inside `sample` (inference mode), its weights
+    must still be ordinary tensors, so that autograd through BERT works afterwards."""
+    import shutil
+
+    from video_diffusion_pytorch.text import get_bert, tokenize
+
+    fresh = tmp_path / "bert"  # a path no other test has loaded, so it loads here
+    shutil.copytree(tiny_bert_path, fresh)
+    monkeypatch.setenv("VIDEO_DIFFUSION_BERT_MODEL", str(fresh))
+    diffusion = make_diffusion(use_bert_text_cond=True, timesteps=2)
+    diffusion.sample(cond=["a whale"], progress=False)
+    assert not any(p.is_inference() for p in get_bert().parameters())
+    get_bert()(input_ids=tokenize(["a whale"])).last_hidden_state.sum().backward()

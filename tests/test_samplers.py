@@ -1,15 +1,14 @@
-"""Samplers: the default path is the original's, DDIM and DPM-Solver++(2M) solve the right
-equations (checked on Gaussian data, where the exact denoiser is known), and every sampler
-runs with every objective, guidance and clipping."""
+"""Samplers: the default path is the original's, DDIM solves the right equations (checked
+on Gaussian data, where the exact denoiser is known), and every sampler runs with every
+objective, guidance and clipping."""
 
-import math
 from pathlib import Path
 
 import pytest
 import torch
 
 from video_diffusion_pytorch import GaussianDiffusion, Unet3D
-from video_diffusion_pytorch.samplers import sample_ancestral, sample_ddim, sample_dpmpp_2m, spaced_timesteps
+from video_diffusion_pytorch.samplers import sample_ancestral, sample_ddim, spaced_timesteps
 
 FIXTURES = Path(__file__).parent / "fixtures"
 TINY = dict(dim=8, dim_mults=(1, 2), attn_heads=2, attn_dim_head=8)
@@ -17,7 +16,6 @@ SAMPLER_SETTINGS = [
     dict(),
     dict(sampler="ddim", sampling_timesteps=3),
     dict(sampler="ddim", sampling_timesteps=3, ddim_sampling_eta=1.0),
-    dict(sampler="dpmpp_2m", sampling_timesteps=3),
 ]
 
 
@@ -151,20 +149,18 @@ def test_ancestral_and_ddim_eta_one_sample_the_data_distribution():
     assert abs(ancestral.std().item() - STD) < 0.02
 
 
-def test_dpm_solver_is_closer_to_the_exact_flow_than_ddim_at_equal_steps():
+def test_deterministic_ddim_converges_to_the_exact_flow_at_first_order():
+    """DDIM with eta = 0 is Euler's method on the probability-flow ODE (Song et al. 2021,
+    §4.3): from the same x_T it approaches the exact transport map, the error halving as
+    the steps double."""
     diffusion, denoise, exact_flow = gaussian_setup()
     x_T = torch.linspace(-2.5, 2.5, 101, dtype=torch.float64)[:, None]
-    target = exact_flow(x_T)
-    errors = {}
-    for steps in (10, 25):
-        timesteps = spaced_timesteps(1000, steps)
-        ddim = sample_ddim(denoise, x_T, timesteps, alphas_cumprod=diffusion.alphas_cumprod, progress=False)
-        dpm = sample_dpmpp_2m(denoise, x_T, timesteps, alphas_cumprod=diffusion.alphas_cumprod, progress=False)
-        errors[steps] = ((ddim - target).abs().max().item(), (dpm - target).abs().max().item())
-    for ddim_error, dpm_error in errors.values():
-        assert dpm_error < ddim_error / 2
-    assert errors[25][0] < errors[10][0] and errors[25][1] < errors[10][1]  # both converge
-    assert errors[25][1] < 0.02
+    errors = []
+    for steps in (50, 100, 200):
+        out = sample_ddim(denoise, x_T, spaced_timesteps(1000, steps), alphas_cumprod=diffusion.alphas_cumprod, progress=False)
+        errors.append((out - exact_flow(x_T)).abs().max().item())
+    assert 1.7 < errors[0] / errors[1] < 2.3 and 1.7 < errors[1] / errors[2] < 2.3
+    assert errors[2] < 0.015
 
 
 # ------------------------------------------------------------ every sampler, objective and option
@@ -224,7 +220,8 @@ def test_every_sampler_clips_or_thresholds_the_predicted_start(settings, use_dyn
         (dict(sampling_timesteps=0), "got 0"),
         (dict(sampler="ancestral", sampling_timesteps=5), "ancestral sampler takes every one of the 10 steps"),
         (dict(sampler="ddim", ddim_sampling_eta=1.5), r"ddim_sampling_eta must be in \[0, 1\], got 1.5"),
-        (dict(sampler="dpmpp_2m", ddim_sampling_eta=0.5), "applies to sampler='ddim' only"),
+        (dict(sampler="ancestral", ddim_sampling_eta=0.5), "applies to sampler='ddim' only"),
+        (dict(sampler="dpmpp_2m", sampling_timesteps=5), "sampler must be one of"),
         (dict(objective="pred_eps"), "objective must be one of"),
         (dict(beta_schedule="quadratic"), "beta_schedule must be one of"),
         (dict(min_snr_gamma=0), "min_snr_gamma must be positive"),
@@ -233,10 +230,3 @@ def test_every_sampler_clips_or_thresholds_the_predicted_start(settings, use_dyn
 def test_bad_sampler_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
         make_diffusion(**kwargs)
-
-
-def test_dpm_solver_over_every_step_follows_the_exact_flow():
-    diffusion, denoise, exact_flow = gaussian_setup(timesteps=1000)
-    x_T = torch.zeros(1, 1, dtype=torch.float64)
-    out = sample_dpmpp_2m(denoise, x_T, spaced_timesteps(1000, 1000), alphas_cumprod=diffusion.alphas_cumprod, progress=False)
-    assert math.isclose(out.item(), exact_flow(x_T).item(), abs_tol=1e-3)

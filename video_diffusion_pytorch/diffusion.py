@@ -55,8 +55,8 @@ class GaussianDiffusion(VideoGeneration, nn.Module):
             samples with DDIM over evenly spaced steps (or the solver in `sampler`).
         ddim_sampling_eta: DDIM's noise scale in [0, 1] (Song et al. 2021, eq. 16): 0 is
             deterministic, 1 is ancestral-like.
-        sampler: 'ancestral' (DDPM, every step), 'ddim' or 'dpmpp_2m' (DPM-Solver++(2M),
-            Lu et al. 2022). Default: 'ancestral' with T sampling steps, else 'ddim'.
+        sampler: 'ancestral' (DDPM, every step) or 'ddim'. Default: 'ancestral' with T
+            sampling steps, else 'ddim'.
     """
 
     def __init__(

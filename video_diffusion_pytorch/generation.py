@@ -12,7 +12,7 @@ from torch import Tensor
 
 from .conditioning import DEFAULT_RECONSTRUCTION_WEIGHT, FrameCondition, frame_condition, plan_windows
 from .helpers import default, exists, normalize_to_neg_one_to_one, unnormalize_to_zero_to_one
-from .samplers import Denoiser, sample_ancestral, sample_ddim, sample_dpmpp_2m, spaced_timesteps
+from .samplers import Denoiser, sample_ancestral, sample_ddim, spaced_timesteps
 
 
 class VideoGeneration:
@@ -48,12 +48,10 @@ class VideoGeneration:
             return sample_ancestral(
                 denoise, noise, steps, q_posterior=self.q_posterior, generator=generator, progress=progress
             )
-        if self.sampler == "ddim":
-            return sample_ddim(
-                denoise, noise, steps, alphas_cumprod=self.alphas_cumprod, eta=self.ddim_sampling_eta,
-                generator=generator, progress=progress,
-            )  # fmt: skip
-        return sample_dpmpp_2m(denoise, noise, steps, alphas_cumprod=self.alphas_cumprod, progress=progress)
+        return sample_ddim(
+            denoise, noise, steps, alphas_cumprod=self.alphas_cumprod, eta=self.ddim_sampling_eta,
+            generator=generator, progress=progress,
+        )  # fmt: skip
 
     @torch.inference_mode()
     def p_sample_loop(

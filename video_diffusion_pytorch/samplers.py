@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 Denoiser = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
 Posterior = Callable[[Tensor, Tensor, Tensor], tuple[Tensor, Tensor, Tensor]]
 
-SAMPLERS = ("ancestral", "ddim", "dpmpp_2m")
+SAMPLERS = ("ancestral", "ddim")
 
 
 def spaced_timesteps(timesteps: int, count: int) -> list[int]:
@@ -118,59 +118,4 @@ def sample_ddim(
         x = math.sqrt(abar_s) * x_start + math.sqrt(max(1 - abar_s - sigma**2, 0.0)) * pred_noise  # eq. 12
         if sigma > 0:
             x = x + sigma * _randn_like(x, generator)
-    return x
-
-
-# ------------------------------------------------------------ DPM-Solver++
-
-
-def sample_dpmpp_2m(
-    denoise: Denoiser,
-    x: Tensor,
-    timesteps: Sequence[int],
-    *,
-    alphas_cumprod: Tensor,
-    desc: str = "DPM-Solver++(2M) sampling",
-    progress: bool = True,
-) -> Tensor:
-    """DPM-Solver++(2M) (Lu et al. 2022, "DPM-Solver++", Algorithm 2): the multistep
-    second-order solver of the diffusion ODE in its data-prediction form.
-
-    With `alpha_t = sqrt(abar_t)`, `sigma_t = sqrt(1 - abar_t)`, `lambda_t = log(alpha_t / sigma_t)`
-    and `h = lambda_s - lambda_t`, a step from t to s is
-    `x_s = (sigma_s / sigma_t) x_t - alpha_s (e^{-h} - 1) D`, where `D` is the linear
-    extrapolation `(1 + 1/(2r)) x_0(t) - 1/(2r) x_0(t_prev)` of the last two x_0
-    predictions, `r = h_prev / h`. The first step has no previous prediction, and the
-    last two (into the least noisy step, then to the clean sample) are first order,
-    `D = x_0(t)`: the least noisy step of a discrete schedule is a long way off in lambda
-    (e.g. 2.5 -> 5.1 with 25 cosine steps), too far to extrapolate ("lower-order final
-    steps", as in the authors' implementation). Deterministic.
-
-    Args:
-        denoise: `(x_t, t) -> (x_start, pred_noise)`.
-        x: the starting noise `x_T`, batch first.
-        timesteps: decreasing steps of the trained schedule, e.g. `spaced_timesteps(T, 25)`.
-        alphas_cumprod: the trained `abar` table `(T,)`.
-        desc, progress: the progress bar's label and switch.
-    """
-    abar = alphas_cumprod.double().tolist()
-
-    def log_snr_half(i: int) -> float:  # lambda_t = log(alpha_t / sigma_t)
-        return 0.5 * (math.log(abar[i]) - math.log1p(-abar[i]))
-
-    previous: tuple[Tensor, float] | None = None  # (x_0 prediction, h) of the step before
-    for t, i, i_next in _steps(timesteps, x.shape[0], x.device, desc, progress):
-        x_start, _ = denoise(x, t)
-        if i_next < 0:  # to the clean sample: sigma_s = 0 and alpha_s = 1, so x_s = D = x_0
-            x = x_start
-            continue
-        h = log_snr_half(i_next) - log_snr_half(i)
-        denoised = x_start
-        if previous is not None and i_next != timesteps[-1]:
-            x_start_prev, h_prev = previous
-            r = h_prev / h
-            denoised = (1 + 1 / (2 * r)) * x_start - (1 / (2 * r)) * x_start_prev
-        sigma_ratio = math.sqrt((1 - abar[i_next]) / (1 - abar[i]))
-        x = sigma_ratio * x - math.sqrt(abar[i_next]) * math.expm1(-h) * denoised
-        previous = (x_start, h)
     return x

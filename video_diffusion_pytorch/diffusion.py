@@ -7,44 +7,57 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange
+from einops import rearrange, reduce
 from torch import Tensor, nn
 
-from .helpers import (
-    default,
-    exists,
-    extract,
-    is_list_of_strings,
-    normalize_to_neg_one_to_one,
-    unnormalize_to_zero_to_one,
-)
+from .conditioning import FrameCondition
+from .generation import VideoGeneration
+from .helpers import default, exists, extract, is_list_of_strings, normalize_to_neg_one_to_one
 from .hub import PretrainedMixin
-from .samplers import sample_ancestral
-from .schedules import cosine_beta_schedule
+from .samplers import SAMPLERS, ancestral_step
+from .schedules import BETA_SCHEDULES
 from .text import embed_texts
 
 LOSS_TYPES = ("l1", "l2")
+OBJECTIVES = ("pred_noise", "pred_x0", "pred_v")
 
 
-class GaussianDiffusion(PretrainedMixin, nn.Module):
+class GaussianDiffusion(VideoGeneration, PretrainedMixin, nn.Module):
     """Gaussian diffusion over videos `(b, channels, num_frames, image_size, image_size)`.
 
     Videos enter `forward` in [0, 1] and are mapped to [-1, 1]; `sample` returns [0, 1].
+    With the default arguments it is the original library's model, step for step. This
+    module holds the maths (schedule, q and p, parametrisations, loss); the generation
+    methods (`sample`, `interpolate`, `extend`, `predict`, `interpolate_frames`) come
+    from `generation.VideoGeneration`.
 
     Args:
-        denoise_fn: the noise predictor, a `Unet3D`.
+        denoise_fn: the denoising network, a `Unet3D`.
         image_size: height and width of the videos.
         num_frames: frames per video.
         text_use_bert_cls: embed text conditions with BERT's CLS vector instead of the
             mean over tokens.
         channels: video channels.
         timesteps: diffusion steps T.
-        loss_type: 'l1' or 'l2' between true and predicted noise.
+        loss_type: 'l1' or 'l2' between the target and the network's output.
         use_dynamic_thres: dynamic thresholding of the predicted `x_0` (Imagen, Saharia
             et al. 2022, §2.3) instead of clipping to [-1, 1].
         dynamic_thres_percentile: the quantile of `|x_0|` used as threshold.
         bert_model: BERT for text conditions (a Hugging Face name or local folder); see
             `video_diffusion_pytorch.text`.
+        objective: what the network predicts: 'pred_noise' (eps, the original), 'pred_x0'
+            (the clean video) or 'pred_v' (`v = sqrt(abar) eps - sqrt(1 - abar) x_0`,
+            Salimans & Ho 2022, §4).
+        beta_schedule: 'cosine' (the original), 'linear' or 'sigmoid'; see `schedules`.
+        min_snr_loss_weight: weight the loss per sample by the clipped signal-to-noise
+            ratio (Min-SNR, Hang et al. 2023, §3.4).
+        min_snr_gamma: the clip of Min-SNR weighting, gamma.
+        sampling_timesteps: network evaluations per sample (default T); fewer than T
+            samples with DDIM over evenly spaced steps (or the solver in `sampler`).
+        ddim_sampling_eta: DDIM's noise scale in [0, 1] (Song et al. 2021, eq. 16): 0 is
+            deterministic, 1 is ancestral-like.
+        sampler: 'ancestral' (DDPM, every step) or 'ddim'. Default: 'ancestral' with T
+            sampling steps, else 'ddim'.
     """
 
     def __init__(
@@ -60,6 +73,13 @@ class GaussianDiffusion(PretrainedMixin, nn.Module):
         use_dynamic_thres: bool = False,
         dynamic_thres_percentile: float = 0.9,
         bert_model: str | None = None,
+        objective: str = "pred_noise",
+        beta_schedule: str = "cosine",
+        min_snr_loss_weight: bool = False,
+        min_snr_gamma: float = 5.0,
+        sampling_timesteps: int | None = None,
+        ddim_sampling_eta: float = 0.0,
+        sampler: str | None = None,
     ):
         super().__init__()
         if loss_type not in LOSS_TYPES:
@@ -71,12 +91,21 @@ class GaussianDiffusion(PretrainedMixin, nn.Module):
         denoiser_channels = getattr(denoise_fn, "channels", channels)
         if denoiser_channels != channels:
             raise ValueError(f"denoise_fn takes {denoiser_channels} channels but channels={channels}")
+        if objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+        if beta_schedule not in BETA_SCHEDULES:
+            raise ValueError(f"beta_schedule must be one of {tuple(BETA_SCHEDULES)}, got {beta_schedule!r}")
+        if not min_snr_gamma > 0:
+            raise ValueError(f"min_snr_gamma must be positive, got {min_snr_gamma}")
+        self.sampler = self._check_sampler(sampler, default(sampling_timesteps, timesteps), timesteps, ddim_sampling_eta)
 
         self.config: dict[str, Any] = dict(
             image_size=image_size, num_frames=num_frames, text_use_bert_cls=text_use_bert_cls,
             channels=channels, timesteps=timesteps, loss_type=loss_type,
             use_dynamic_thres=use_dynamic_thres, dynamic_thres_percentile=dynamic_thres_percentile,
-            bert_model=bert_model,
+            bert_model=bert_model, objective=objective, beta_schedule=beta_schedule,
+            min_snr_loss_weight=min_snr_loss_weight, min_snr_gamma=min_snr_gamma,
+            sampling_timesteps=sampling_timesteps, ddim_sampling_eta=ddim_sampling_eta, sampler=sampler,
         )  # fmt: skip
         self.channels = channels
         self.image_size = image_size
@@ -87,8 +116,13 @@ class GaussianDiffusion(PretrainedMixin, nn.Module):
         self.loss_type = loss_type
         self.use_dynamic_thres = use_dynamic_thres
         self.dynamic_thres_percentile = dynamic_thres_percentile
+        self.objective = objective
+        self.min_snr_loss_weight = min_snr_loss_weight
+        self.min_snr_gamma = min_snr_gamma
+        self.sampling_timesteps = default(sampling_timesteps, timesteps)
+        self.ddim_sampling_eta = ddim_sampling_eta
 
-        betas = cosine_beta_schedule(timesteps)
+        betas = BETA_SCHEDULES[beta_schedule](timesteps)
         alphas = 1.0 - betas
         alphas_cumprod = torch.cumprod(alphas, dim=0)
         alphas_cumprod_prev = F.pad(alphas_cumprod[:-1], (1, 0), value=1.0)
@@ -120,6 +154,25 @@ class GaussianDiffusion(PretrainedMixin, nn.Module):
 
     # ------------------------------------------------------------ boundary checks
 
+    @staticmethod
+    def _check_sampler(sampler: str | None, steps: int, timesteps: int, eta: float) -> str:
+        """The sampler to use, checked against the number of steps and DDIM's eta."""
+        if not 1 <= steps <= timesteps:
+            raise ValueError(f"sampling_timesteps must be in [1, timesteps={timesteps}], got {steps}")
+        if not 0 <= eta <= 1:
+            raise ValueError(f"ddim_sampling_eta must be in [0, 1], got {eta}")
+        sampler = default(sampler, "ancestral" if steps == timesteps else "ddim")
+        if sampler not in SAMPLERS:
+            raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
+        if sampler == "ancestral" and steps != timesteps:
+            raise ValueError(
+                f"the ancestral sampler takes every one of the {timesteps} steps, got sampling_timesteps={steps}; "
+                "use sampler='ddim' with ddim_sampling_eta=1 for ancestral-like sampling in fewer steps"
+            )
+        if sampler != "ddim" and eta != 0:
+            raise ValueError(f"ddim_sampling_eta={eta} applies to sampler='ddim' only, got sampler={sampler!r}")
+        return sampler
+
     @property
     def device(self) -> torch.device:
         return self.betas.device
@@ -128,15 +181,16 @@ class GaussianDiffusion(PretrainedMixin, nn.Module):
     def has_cond(self) -> bool:
         return bool(getattr(self.denoise_fn, "has_cond", False))
 
-    def _video_shape(self, batch: int | str = "b") -> tuple:
-        return (batch, self.channels, self.num_frames, self.image_size, self.image_size)
+    def _video_shape(self, batch: int | str = "b", frames: int | str | None = None) -> tuple:
+        return (batch, self.channels, default(frames, self.num_frames), self.image_size, self.image_size)
 
-    def _check_videos(self, videos: Any, name: str = "videos") -> None:
+    def _check_videos(self, videos: Any, name: str = "videos", frames: int | str | None = None) -> None:
+        expected = self._video_shape(frames=frames)
         if not isinstance(videos, Tensor):
-            raise TypeError(f"{name} must be a tensor of shape {self._video_shape()}, got {type(videos).__name__}")
-        if videos.ndim != 5 or videos.shape[1:] != self._video_shape()[1:]:
+            raise TypeError(f"{name} must be a tensor of shape {expected}, got {type(videos).__name__}")
+        if videos.ndim != 5 or any(isinstance(e, int) and e != n for e, n in zip(expected[1:], videos.shape[1:])):
             raise ValueError(
-                f"expected {name} of shape {self._video_shape()} (batch, channels, frames, height, width), "
+                f"expected {name} of shape {expected} (batch, channels, frames, height, width), "
                 f"got {tuple(videos.shape)}"
             )
 
@@ -151,7 +205,11 @@ class GaussianDiffusion(PretrainedMixin, nn.Module):
                 "got text conditions, but the denoiser is not text-conditioned: build it with "
                 "Unet3D(..., use_bert_text_cond=True), or pass embeddings as a tensor"
             )
-        return embed_texts(cond, return_cls_repr=self.text_use_bert_cls, device=device, model=self.bert_model)
+        # sampling runs in inference mode: BERT, loaded on first use, must not be made of
+        # inference tensors (training would fail later), nor the embedding (autograd in
+        # reconstruction guidance uses it)
+        with torch.inference_mode(False):
+            return embed_texts(cond, return_cls_repr=self.text_use_bert_cls, device=device, model=self.bert_model)
 
     def _check_guidance(self, cond_scale: float) -> None:
         if cond_scale != 1 and not self.has_cond:
@@ -159,6 +217,17 @@ class GaussianDiffusion(PretrainedMixin, nn.Module):
                 f"cond_scale={cond_scale} asks for classifier-free guidance, but the denoiser is "
                 "unconditional; use cond_scale=1"
             )
+
+    def _prepare_cond(self, cond: Any, cond_scale: float, batch: int | None) -> tuple[Tensor | None, int | None]:
+        """Check guidance, embed strings, require cond on a conditional model; returns the
+        conditioning and the batch size (from cond when given, else `batch`)."""
+        self._check_guidance(cond_scale)
+        cond = self._embed_cond(cond, self.device)
+        if self.has_cond and not exists(cond):
+            raise ValueError("this model is conditional: pass cond (a tensor or, for text models, a list of strings)")
+        if exists(cond) and exists(batch) and cond.shape[0] != batch:
+            raise ValueError(f"cond has {cond.shape[0]} rows but the videos have batch size {batch}")
+        return cond, cond.shape[0] if exists(cond) else batch
 
     # ------------------------------------------------------------ forward process q
 
@@ -177,13 +246,6 @@ class GaussianDiffusion(PretrainedMixin, nn.Module):
             + extract(self.sqrt_one_minus_alphas_cumprod, t, x_start.shape) * noise
         )
 
-    def predict_start_from_noise(self, x_t: Tensor, t: Tensor, noise: Tensor) -> Tensor:
-        """x_0 from x_t and the noise in it: `(x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t)` (eq. 4 inverted)."""
-        return (
-            extract(self.sqrt_recip_alphas_cumprod, t, x_t.shape) * x_t
-            - extract(self.sqrt_recipm1_alphas_cumprod, t, x_t.shape) * noise
-        )
-
     def q_posterior(self, x_start: Tensor, x_t: Tensor, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Mean, variance, clipped log variance of q(x_{t-1} | x_t, x_0) (eq. 6-7)."""
         posterior_mean = (
@@ -193,6 +255,68 @@ class GaussianDiffusion(PretrainedMixin, nn.Module):
         posterior_variance = extract(self.posterior_variance, t, x_t.shape)
         posterior_log_variance = extract(self.posterior_log_variance_clipped, t, x_t.shape)
         return posterior_mean, posterior_variance, posterior_log_variance
+
+    # ------------------------------------------------------------ parametrisations (eps, x_0, v)
+
+    def predict_start_from_noise(self, x_t: Tensor, t: Tensor, noise: Tensor) -> Tensor:
+        """x_0 from x_t and the noise in it: `(x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t)` (eq. 4 inverted)."""
+        return (
+            extract(self.sqrt_recip_alphas_cumprod, t, x_t.shape) * x_t
+            - extract(self.sqrt_recipm1_alphas_cumprod, t, x_t.shape) * noise
+        )
+
+    def predict_noise_from_start(self, x_t: Tensor, t: Tensor, x_start: Tensor) -> Tensor:
+        """eps from x_t and x_0: `(x_t / sqrt(abar_t) - x_0) / sqrt(1 / abar_t - 1)` (eq. 4 inverted)."""
+        return (extract(self.sqrt_recip_alphas_cumprod, t, x_t.shape) * x_t - x_start) / extract(
+            self.sqrt_recipm1_alphas_cumprod, t, x_t.shape
+        )
+
+    def predict_v(self, x_start: Tensor, t: Tensor, noise: Tensor) -> Tensor:
+        """The velocity `v = sqrt(abar_t) eps - sqrt(1 - abar_t) x_0` (Salimans & Ho 2022, §4)."""
+        return (
+            extract(self.sqrt_alphas_cumprod, t, x_start.shape) * noise
+            - extract(self.sqrt_one_minus_alphas_cumprod, t, x_start.shape) * x_start
+        )
+
+    def predict_start_from_v(self, x_t: Tensor, t: Tensor, v: Tensor) -> Tensor:
+        """x_0 from x_t and v: `sqrt(abar_t) x_t - sqrt(1 - abar_t) v` (Salimans & Ho 2022, §4)."""
+        return (
+            extract(self.sqrt_alphas_cumprod, t, x_t.shape) * x_t
+            - extract(self.sqrt_one_minus_alphas_cumprod, t, x_t.shape) * v
+        )
+
+    def predict_start_from_output(self, x_t: Tensor, t: Tensor, model_output: Tensor) -> Tensor:
+        """x_0 from the network's output under `self.objective`."""
+        if self.objective == "pred_noise":
+            return self.predict_start_from_noise(x_t, t, model_output)
+        if self.objective == "pred_v":
+            return self.predict_start_from_v(x_t, t, model_output)
+        return model_output
+
+    def model_predictions(
+        self,
+        x: Tensor,
+        t: Tensor,
+        cond: Tensor | None = None,
+        cond_scale: float = 1.0,
+        clip_x_start: bool = True,
+        condition: FrameCondition | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """The (guided) network's predictions at `x_t`, whatever the objective: `(x_start,
+        pred_noise)`, with x_0 clipped or thresholded when `clip_x_start` and eps derived from
+        that x_0. `condition` adds reconstruction guidance (Ho et al. 2022, eq. 7) to x_0."""
+
+        def predict_x_start(x_t: Tensor) -> Tensor:
+            model_output = self.denoise_fn.forward_with_cond_scale(x_t, t, cond=cond, cond_scale=cond_scale)
+            return self.predict_start_from_output(x_t, t, model_output)
+
+        if exists(condition):
+            x_start = condition.guide(x, predict_x_start, extract(self.sqrt_alphas_cumprod, t, x.shape))
+        else:
+            x_start = predict_x_start(x)
+        if clip_x_start:
+            x_start = self._clip_start(x_start)
+        return x_start, self.predict_noise_from_start(x, t, x_start)
 
     # ------------------------------------------------------------ reverse process p
 
@@ -212,11 +336,8 @@ class GaussianDiffusion(PretrainedMixin, nn.Module):
         self, x: Tensor, t: Tensor, clip_denoised: bool, cond: Tensor | None = None, cond_scale: float = 1.0
     ) -> tuple[Tensor, Tensor, Tensor]:
         """Mean, variance and log variance of p(x_{t-1} | x_t): the posterior around the
-        x_0 predicted from the (guided) noise prediction."""
-        noise = self.denoise_fn.forward_with_cond_scale(x, t, cond=cond, cond_scale=cond_scale)
-        x_recon = self.predict_start_from_noise(x, t=t, noise=noise)
-        if clip_denoised:
-            x_recon = self._clip_start(x_recon)
+        x_0 predicted by the (guided) network."""
+        x_recon, _ = self.model_predictions(x, t, cond=cond, cond_scale=cond_scale, clip_x_start=clip_denoised)
         return self.q_posterior(x_start=x_recon, x_t=x, t=t)
 
     @torch.inference_mode()
@@ -231,126 +352,48 @@ class GaussianDiffusion(PretrainedMixin, nn.Module):
         generator: torch.Generator | None = None,
     ) -> Tensor:
         """One ancestral step x_t -> x_{t-1} (Ho et al. 2020, Algorithm 2); no noise at t = 0."""
-        model_mean, _, model_log_variance = self.p_mean_variance(
-            x=x, t=t, clip_denoised=clip_denoised, cond=cond, cond_scale=cond_scale
-        )
-        noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-        nonzero_mask = (t != 0).to(x.dtype).reshape(x.shape[0], *((1,) * (x.ndim - 1)))
-        return model_mean + nonzero_mask * (0.5 * model_log_variance).exp() * noise
-
-    @torch.inference_mode()
-    def p_sample_loop(
-        self,
-        shape: tuple[int, ...],
-        cond: Tensor | None = None,
-        cond_scale: float = 1.0,
-        *,
-        generator: torch.Generator | None = None,
-        progress: bool = True,
-    ) -> Tensor:
-        """All T ancestral steps from pure noise; returns videos in [0, 1]."""
-        img = torch.randn(shape, generator=generator, device=self.device)
-
-        def step(x: Tensor, t: Tensor) -> Tensor:
-            return self.p_sample(x, t, cond=cond, cond_scale=cond_scale, generator=generator)
-
-        img = sample_ancestral(step, img, range(self.num_timesteps - 1, -1, -1), progress=progress)
-        return unnormalize_to_zero_to_one(img)
-
-    @torch.inference_mode()
-    def sample(
-        self,
-        cond: Tensor | list[str] | None = None,
-        cond_scale: float = 1.0,
-        batch_size: int = 16,
-        *,
-        generator: torch.Generator | None = None,
-        progress: bool = True,
-    ) -> Tensor:
-        """Generate videos `(b, channels, num_frames, image_size, image_size)` in [0, 1].
-
-        Args:
-            cond: conditioning `(b, cond_dim)` or a list of b strings (text-conditioned
-                models); sets the batch size when given.
-            cond_scale: classifier-free guidance scale (1 is no guidance).
-            batch_size: number of videos for an unconditional model.
-            generator: the random source of the noise.
-            progress: show a progress bar.
-        """
-        self._check_guidance(cond_scale)
-        cond = self._embed_cond(cond, self.device)
-        if self.has_cond and not exists(cond):
-            raise ValueError("this model is conditional: pass cond (a tensor or, for text models, a list of strings)")
-        batch_size = cond.shape[0] if exists(cond) else batch_size
-        return self.p_sample_loop(
-            self._video_shape(batch_size), cond=cond, cond_scale=cond_scale, generator=generator, progress=progress
-        )
-
-    @torch.inference_mode()
-    def interpolate(
-        self,
-        x1: Tensor,
-        x2: Tensor,
-        t: int | None = None,
-        lam: float = 0.5,
-        *,
-        cond: Tensor | list[str] | None = None,
-        cond_scale: float = 1.0,
-        generator: torch.Generator | None = None,
-        progress: bool = True,
-    ) -> Tensor:
-        """Interpolate two video batches in latent space (the DDPM paper's §4.3 interpolation).
-
-        Both are noised to step `t` (default T - 1), mixed as `(1 - lam) * x1 + lam * x2`,
-        and denoised from step t back to 0.
-
-        Args:
-            x1, x2: videos in [0, 1], shape `(b, channels, num_frames, image_size, image_size)`.
-            t: the step to noise to, in [0, T).
-            lam: the weight of x2.
-            cond, cond_scale: conditioning and guidance, as in `sample`.
-        Returns videos in [0, 1] of the same shape.
-        """
-        self._check_videos(x1, "x1")
-        self._check_videos(x2, "x2")
-        if x1.shape != x2.shape:
-            raise ValueError(f"x1 and x2 must have the same shape, got {tuple(x1.shape)} and {tuple(x2.shape)}")
-        t = default(t, self.num_timesteps - 1)
-        if not 0 <= t < self.num_timesteps:
-            raise ValueError(f"t must be in [0, {self.num_timesteps}), got {t}")
-        self._check_guidance(cond_scale)
-        cond = self._embed_cond(cond, x1.device)
-
-        b = x1.shape[0]
-        t_batched = torch.full((b,), t, device=x1.device, dtype=torch.long)
-        xt1, xt2 = (
-            self.q_sample(normalize_to_neg_one_to_one(x), t=t_batched, noise=torch.randn(
-                x.shape, generator=generator, device=x.device, dtype=x.dtype))
-            for x in (x1, x2)
-        )  # fmt: skip
-        img = (1 - lam) * xt1 + lam * xt2
-
-        def step(x: Tensor, t: Tensor) -> Tensor:
-            return self.p_sample(x, t, cond=cond, cond_scale=cond_scale, generator=generator)
-
-        img = sample_ancestral(step, img, range(t, -1, -1), desc="interpolation sample time step", progress=progress)
-        return unnormalize_to_zero_to_one(img)
+        x_start, _ = self.model_predictions(x, t, cond=cond, cond_scale=cond_scale, clip_x_start=clip_denoised)
+        return ancestral_step(self.q_posterior, x_start, x, t, generator)
 
     # ------------------------------------------------------------ training
+
+    def min_snr_weight(self, t: Tensor) -> Tensor:
+        """Min-SNR-gamma loss weights `(b,)` (Hang et al. 2023, eq. 10 and §3.4), with
+        `snr_t = abar_t / (1 - abar_t)`: `min(snr, gamma) / snr` when predicting eps,
+        `min(snr, gamma)` for x_0 and `min(snr, gamma) / (snr + 1)` for v."""
+        alphas_cumprod = self.alphas_cumprod.gather(-1, t)
+        snr = alphas_cumprod / (1 - alphas_cumprod)
+        clipped_snr = snr.clamp(max=self.min_snr_gamma)
+        if self.objective == "pred_noise":
+            return clipped_snr / snr
+        if self.objective == "pred_v":
+            return clipped_snr / (snr + 1)
+        return clipped_snr
 
     def p_losses(
         self, x_start: Tensor, t: Tensor, cond: Tensor | list[str] | None = None, noise: Tensor | None = None, **kwargs
     ) -> Tensor:
         """The denoising loss at steps `t` for `x_start` in [-1, 1] (Ho et al. 2020, eq. 14,
-        with an l1 or l2 distance). Extra keywords reach the denoiser."""
+        with an l1 or l2 distance) between the network's output and its target under
+        `objective` (eps, x_0 or v), optionally Min-SNR weighted. Extra keywords reach the
+        denoiser."""
         noise = default(noise, lambda: torch.randn_like(x_start))
         x_noisy = self.q_sample(x_start=x_start, t=t, noise=noise)
         cond = self._embed_cond(cond, x_start.device)
-        predicted_noise = self.denoise_fn(x_noisy, t, cond=cond, **kwargs)
+        model_output = self.denoise_fn(x_noisy, t, cond=cond, **kwargs)
 
-        if self.loss_type == "l1":
-            return F.l1_loss(noise, predicted_noise)
-        return F.mse_loss(noise, predicted_noise)
+        if self.objective == "pred_noise":
+            target = noise
+        elif self.objective == "pred_x0":
+            target = x_start
+        else:
+            target = self.predict_v(x_start, t, noise)
+
+        distance = F.l1_loss if self.loss_type == "l1" else F.mse_loss
+        if not self.min_snr_loss_weight:
+            return distance(target, model_output)
+        loss = reduce(distance(target, model_output, reduction="none"), "b ... -> b", "mean")
+        return (loss * self.min_snr_weight(t)).mean()
 
     def forward(self, videos: Tensor, *args, **kwargs) -> Tensor:
         """Training loss for videos in [0, 1] of shape `(b, channels, num_frames, image_size,

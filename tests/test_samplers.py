@@ -1,0 +1,232 @@
+"""Samplers: the default path is the original's, DDIM solves the right equations (checked
+on Gaussian data, where the exact denoiser is known), and every sampler runs with every
+objective, guidance and clipping."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from video_diffusion_pytorch import GaussianDiffusion, Unet3D
+from video_diffusion_pytorch.samplers import sample_ancestral, sample_ddim, spaced_timesteps
+
+FIXTURES = Path(__file__).parent / "fixtures"
+TINY = dict(dim=8, dim_mults=(1, 2), attn_heads=2, attn_dim_head=8)
+SAMPLER_SETTINGS = [
+    dict(),
+    dict(sampler="ddim", sampling_timesteps=3),
+    dict(sampler="ddim", sampling_timesteps=3, ddim_sampling_eta=1.0),
+]
+
+
+def make_diffusion(cond_dim=None, timesteps=10, **kwargs):
+    torch.manual_seed(0)
+    unet = Unet3D(**TINY, cond_dim=cond_dim)
+    return GaussianDiffusion(unet, image_size=8, num_frames=3, timesteps=timesteps, **kwargs)
+
+
+# ------------------------------------------------------------ the original's behaviour
+
+
+EXPLICIT_DEFAULTS = dict(
+    objective="pred_noise", beta_schedule="cosine", min_snr_loss_weight=False, sampling_timesteps=None,
+    ddim_sampling_eta=0.0, sampler="ancestral",
+)
+
+
+@pytest.mark.parametrize("name", ["diffusion_a", "diffusion_b"])
+def test_default_path_reproduces_the_reference(name):
+    """The new arguments at their defaults give the original's numbers (unconditional, and
+    conditional with guidance)."""
+    explicit_defaults = EXPLICIT_DEFAULTS
+    ref = torch.load(FIXTURES / f"{name}.pt", weights_only=True)
+    diffusion = GaussianDiffusion(Unet3D(**ref["unet_config"]), **ref["diffusion_config"], **explicit_defaults)
+    diffusion.load_state_dict(ref["state_dict"], strict=True)
+    diffusion.eval()
+    cond_scale = 2.0 if ref["cond"] is not None else 1.0
+    with torch.no_grad():
+        q_sample = diffusion.q_sample(ref["x_start"], ref["t"], noise=ref["noise"])
+        loss = diffusion.p_losses(ref["x_start"], ref["t"], cond=ref["cond"], noise=ref["noise"])
+        mean, variance, log_variance = diffusion.p_mean_variance(
+            ref["q_sample"], ref["t"], clip_denoised=True, cond=ref["cond"], cond_scale=cond_scale
+        )
+    for actual, expected in [(q_sample, "q_sample"), (loss, "loss"), (mean, "p_mean"), (variance, "p_var"), (log_variance, "p_logvar")]:
+        error = (actual - ref[expected]).abs().max() / ref[expected].abs().max()
+        assert error < 1e-4, f"{expected}: relative error {error:.2e}"
+
+
+def test_new_arguments_are_recorded_in_the_config():
+    diffusion = make_diffusion(
+        objective="pred_v", beta_schedule="sigmoid", min_snr_loss_weight=True, min_snr_gamma=3.0,
+        sampling_timesteps=5, ddim_sampling_eta=0.5, sampler="ddim",
+    )  # fmt: skip
+    rebuilt = GaussianDiffusion(Unet3D(**TINY), **diffusion.config)
+    assert rebuilt.config == diffusion.config
+    assert (rebuilt.objective, rebuilt.sampler, rebuilt.sampling_timesteps, rebuilt.ddim_sampling_eta) == ("pred_v", "ddim", 5, 0.5)
+    torch.testing.assert_close(rebuilt.betas, diffusion.betas)
+
+
+def test_fewer_sampling_steps_select_ddim_and_call_the_network_once_per_step():
+    diffusion = make_diffusion(cond_dim=4, sampling_timesteps=4)
+    assert diffusion.sampler == "ddim" and make_diffusion().sampler == "ancestral"
+    calls, forward = [], diffusion.denoise_fn.forward
+    diffusion.denoise_fn.forward = lambda *args, **kwargs: calls.append(1) or forward(*args, **kwargs)
+    diffusion.sample(cond=torch.randn(2, 4), cond_scale=1.0, progress=False)
+    assert len(calls) == 4
+    calls.clear()
+    diffusion.sample(cond=torch.randn(2, 4), cond_scale=3.0, progress=False)
+    assert len(calls) == 8  # classifier-free guidance: conditional and null pass per step
+
+
+def test_sampling_steps_are_evenly_spaced_from_the_last_to_the_first():
+    assert spaced_timesteps(10, 10) == list(range(9, -1, -1))
+    steps = spaced_timesteps(1000, 50)
+    assert steps[0] == 999 and steps[-1] == 0 and len(set(steps)) == 50
+    assert {a - b for a, b in zip(steps, steps[1:])} <= {20, 21}
+    with pytest.raises(ValueError, match=r"in \[1, 10\], got 11"):
+        spaced_timesteps(10, 11)
+
+
+# ------------------------------------------------------------ DDIM eta = 1 is ancestral sampling
+
+
+def test_ddim_with_eta_one_over_every_step_is_ancestral_sampling():
+    """With the same noise, DDIM (eta = 1, all T steps) takes the same path as DDPM's
+    ancestral sampler: eq. 16's sigma is the posterior standard deviation and eq. 12's
+    mean is the posterior mean. A wrong eta (or sigma) changes the path."""
+    ancestral = make_diffusion(timesteps=20)
+    samples = {}
+    for name, kwargs in [("ancestral", {}), ("ddim1", dict(sampler="ddim", ddim_sampling_eta=1.0)), ("ddim0.5", dict(sampler="ddim", ddim_sampling_eta=0.5))]:
+        diffusion = make_diffusion(timesteps=20, **kwargs)
+        diffusion.load_state_dict(ancestral.state_dict())
+        samples[name] = diffusion.sample(batch_size=2, generator=torch.Generator().manual_seed(3), progress=False)
+    torch.testing.assert_close(samples["ddim1"], samples["ancestral"], atol=2e-4, rtol=0)
+    assert (samples["ddim0.5"] - samples["ancestral"]).abs().max() > 1e-2
+
+
+def test_ddim_with_eta_zero_is_deterministic():
+    diffusion = make_diffusion(sampling_timesteps=4)
+    noise = torch.randn(2, 3, 3, 8, 8)
+    denoise = diffusion._denoiser(None, 1.0)
+    runs = [
+        sample_ddim(denoise, noise, spaced_timesteps(10, 4), alphas_cumprod=diffusion.alphas_cumprod,
+                    generator=torch.Generator().manual_seed(seed), progress=False)
+        for seed in (0, 1)
+    ]  # fmt: skip
+    torch.testing.assert_close(runs[0], runs[1], rtol=0, atol=0)
+
+
+# ------------------------------------------------------------ exact denoiser on Gaussian data
+
+MU, STD = 0.3, 0.5  # data ~ N(MU, STD²), so E[x_0 | x_t] is known in closed form
+
+
+def gaussian_setup(timesteps=1000):
+    diffusion = make_diffusion(timesteps=timesteps)  # for its schedule tables only
+    abar = diffusion.alphas_cumprod.double()
+
+    def denoise(x, t):
+        a, var = abar[t].sqrt()[:, None], (1 - abar[t])[:, None]
+        x_start = MU + a * STD**2 / (a**2 * STD**2 + var) * (x - a * MU)  # posterior mean of x_0
+        return x_start, (x - a * x_start) / var.sqrt()
+
+    def exact_flow(x_T):  # the probability-flow ODE maps N(a MU, a² STD² + 1 - abar) onto N(MU, STD²)
+        a = abar[-1].sqrt()
+        return MU + STD * (x_T - a * MU) / (a**2 * STD**2 + 1 - abar[-1]).sqrt()
+
+    return diffusion, denoise, exact_flow
+
+
+def test_ancestral_and_ddim_eta_one_sample_the_data_distribution():
+    diffusion, denoise, _ = gaussian_setup()
+    x_T = torch.randn(4000, 1, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    ancestral = sample_ancestral(denoise, x_T, range(999, -1, -1), q_posterior=diffusion.q_posterior,
+                                 generator=torch.Generator().manual_seed(1), progress=False)  # fmt: skip
+    ddim = sample_ddim(denoise, x_T, spaced_timesteps(1000, 1000), alphas_cumprod=diffusion.alphas_cumprod, eta=1.0,
+                       generator=torch.Generator().manual_seed(1), progress=False)  # fmt: skip
+    torch.testing.assert_close(ddim, ancestral, atol=1e-4, rtol=0)
+    assert abs(ancestral.mean().item() - MU) < 0.02
+    assert abs(ancestral.std().item() - STD) < 0.02
+
+
+def test_deterministic_ddim_converges_to_the_exact_flow_at_first_order():
+    """DDIM with eta = 0 is Euler's method on the probability-flow ODE (Song et al. 2021,
+    §4.3): from the same x_T it approaches the exact transport map, the error halving as
+    the steps double."""
+    diffusion, denoise, exact_flow = gaussian_setup()
+    x_T = torch.linspace(-2.5, 2.5, 101, dtype=torch.float64)[:, None]
+    errors = []
+    for steps in (50, 100, 200):
+        out = sample_ddim(denoise, x_T, spaced_timesteps(1000, steps), alphas_cumprod=diffusion.alphas_cumprod, progress=False)
+        errors.append((out - exact_flow(x_T)).abs().max().item())
+    assert 1.7 < errors[0] / errors[1] < 2.3 and 1.7 < errors[1] / errors[2] < 2.3
+    assert errors[2] < 0.015
+
+
+# ------------------------------------------------------------ every sampler, objective and option
+
+
+@pytest.mark.parametrize("settings", SAMPLER_SETTINGS, ids=lambda s: s.get("sampler", "ancestral") + str(s.get("ddim_sampling_eta", "")))
+@pytest.mark.parametrize("objective", ["pred_noise", "pred_x0", "pred_v"])
+def test_every_sampler_runs_with_every_objective_and_guidance(settings, objective):
+    diffusion = make_diffusion(cond_dim=4, objective=objective, timesteps=4, **settings)
+    cond = torch.randn(2, 4)
+    first = diffusion.sample(cond=cond, cond_scale=2.0, generator=torch.Generator().manual_seed(0), progress=False)
+    second = diffusion.sample(cond=cond, cond_scale=2.0, generator=torch.Generator().manual_seed(0), progress=False)
+    assert first.shape == (2, 3, 3, 8, 8)
+    assert first.min() >= 0 and first.max() <= 1
+    torch.testing.assert_close(first, second)
+
+
+@pytest.mark.parametrize("objective", ["pred_noise", "pred_x0", "pred_v"])
+def test_model_predictions_are_consistent_for_every_objective(objective):
+    diffusion = make_diffusion(objective=objective)
+    x_t, t = torch.randn(2, 3, 3, 8, 8), torch.tensor([1, 8])
+    x_start, pred_noise = diffusion.model_predictions(x_t, t, clip_x_start=False)
+    output = diffusion.denoise_fn(x_t, t)
+    expected = {"pred_noise": diffusion.predict_start_from_noise(x_t, t, output), "pred_x0": output,
+                "pred_v": diffusion.predict_start_from_v(x_t, t, output)}[objective]  # fmt: skip
+    torch.testing.assert_close(x_start, expected)
+    torch.testing.assert_close(diffusion.q_sample(x_start, t, noise=pred_noise), x_t, atol=1e-4, rtol=1e-4)
+
+
+class Loud(torch.nn.Module):
+    """A denoiser whose predictions are far outside [-1, 1]."""
+
+    def __init__(self, unet):
+        super().__init__()
+        self.unet, self.channels, self.has_cond = unet, unet.channels, False
+
+    def forward_with_cond_scale(self, *args, **kwargs):
+        return 50 * self.unet.forward_with_cond_scale(*args, **kwargs)
+
+
+@pytest.mark.parametrize("settings", SAMPLER_SETTINGS[1:])
+@pytest.mark.parametrize("use_dynamic_thres", [False, True])
+def test_every_sampler_clips_or_thresholds_the_predicted_start(settings, use_dynamic_thres):
+    torch.manual_seed(0)
+    diffusion = GaussianDiffusion(Loud(Unet3D(**TINY)), image_size=8, num_frames=3, timesteps=10, objective="pred_x0",
+                                  use_dynamic_thres=use_dynamic_thres, **settings)  # fmt: skip
+    samples = diffusion.sample(batch_size=2, progress=False)
+    assert samples.min() >= 0 and samples.max() <= 1
+    assert samples.std() > 0.05  # not collapsed
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(sampler="euler"), "sampler must be one of"),
+        (dict(sampling_timesteps=11), r"sampling_timesteps must be in \[1, timesteps=10\], got 11"),
+        (dict(sampling_timesteps=0), "got 0"),
+        (dict(sampler="ancestral", sampling_timesteps=5), "ancestral sampler takes every one of the 10 steps"),
+        (dict(sampler="ddim", ddim_sampling_eta=1.5), r"ddim_sampling_eta must be in \[0, 1\], got 1.5"),
+        (dict(sampler="ancestral", ddim_sampling_eta=0.5), "applies to sampler='ddim' only"),
+        (dict(sampler="dpmpp_2m", sampling_timesteps=5), "sampler must be one of"),
+        (dict(objective="pred_eps"), "objective must be one of"),
+        (dict(beta_schedule="quadratic"), "beta_schedule must be one of"),
+        (dict(min_snr_gamma=0), "min_snr_gamma must be positive"),
+    ],
+)
+def test_bad_sampler_arguments(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        make_diffusion(**kwargs)

@@ -17,7 +17,7 @@ from .attention import (
     TemporalAttention,
 )
 from .helpers import default, exists, prob_mask_like
-from .nn import Downsample, PreNorm, Residual, ResnetBlock, SinusoidalPosEmb, Upsample
+from .nn import Downsample, FrameConv3d, PreNorm, Residual, ResnetBlock, SinusoidalPosEmb, Upsample
 from .text import BERT_MODEL_DIM
 
 
@@ -91,10 +91,7 @@ class Unet3D(nn.Module):
 
         init_dim = default(init_dim, dim)
         init_padding = init_kernel_size // 2
-        self.init_conv = nn.Conv3d(
-            channels, init_dim, (1, init_kernel_size, init_kernel_size),
-            padding=(0, init_padding, init_padding),
-        )  # fmt: skip
+        self.init_conv = FrameConv3d(channels, init_dim, init_kernel_size, padding=init_padding)
         self.init_temporal_attn = temporal_attn(init_dim)
 
         dims = [init_dim, *(dim * m for m in dim_mults)]
@@ -144,7 +141,7 @@ class Unet3D(nn.Module):
 
         # the skip from right after init_temporal_attn joins here, so 2 * init_dim channels
         self.final_conv = nn.Sequential(
-            ResnetBlock(init_dim * 2, dim), nn.Conv3d(dim, default(out_dim, channels), 1)
+            ResnetBlock(init_dim * 2, dim), FrameConv3d(dim, default(out_dim, channels), 1)
         )
 
     # ------------------------------------------------------------ input checks
@@ -249,9 +246,10 @@ class Unet3D(nn.Module):
 
         time_rel_pos_bias = self.time_rel_pos_bias(num_frames, device=device)
 
-        x = self.init_conv(x)
+        # channels-last from here on: norms and projections act on the last axis, no copies
+        x = self.init_conv(x.contiguous(memory_format=torch.channels_last_3d))
         x = self.init_temporal_attn(x, pos_bias=time_rel_pos_bias, independent_frames=independent_frames)
-        r = x.clone()
+        r = x
 
         t = self.time_mlp(time)
         if self.has_cond:
@@ -289,4 +287,4 @@ class Unet3D(nn.Module):
             x = upsample(x)
 
         x = torch.cat((x, r), dim=1)
-        return self.final_conv(x)
+        return self.final_conv(x).contiguous()

@@ -27,12 +27,15 @@ def attend(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None = None, *, fused
 
     Args:
         bias: additive logits broadcastable to `(B, heads, n, n)`, 4-D.
-        fused: use `F.scaled_dot_product_attention`; by default on CUDA only. On CPU its
-            fused kernel (flash, used when the bias needs no gradient) and its math
-            fallback (two extra scaling passes) are both slower than the three products
-            below for this model's short sequences (frames, or at most a few dozen pixels).
+        fused: use `F.scaled_dot_product_attention`; by default on CUDA and under
+            `torch.compile` (whose attention-pattern rewrite would otherwise turn the
+            products below into it, and fails on these strided layouts). Eager on CPU,
+            its fused kernel (flash, taken for 4-D inputs whose bias needs no gradient) and
+            its math fallback (two extra scaling passes) are both slower than the three
+            products below for this model's short sequences (frames, or at most a few
+            dozen pixels): 1.4x and 2x in training and sampling at 8 frames.
     """
-    if fused if exists(fused) else q.is_cuda:
+    if fused if exists(fused) else (q.is_cuda or torch.compiler.is_compiling()):
         return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=1.0)
     sim = q @ k.transpose(-1, -2)
     if exists(bias):
@@ -123,8 +126,7 @@ class Attention(nn.Module):
 
     def values_only(self, x: Tensor) -> Tensor:
         """The output when every token may attend only to itself: `to_out(v)`."""
-        v = self.to_qkv(x).chunk(3, dim=-1)[-1]
-        return self.to_out(v)
+        return self.to_out(F.linear(x, self.to_qkv.weight.chunk(3, dim=0)[-1]))
 
 
 # ---------------------------------------------------------------- relative position bias
@@ -248,7 +250,9 @@ class TemporalAttention(nn.Module):
                 allowed = rearrange(allowed, "b i j -> b 1 1 i j")
             out = self.fn(x, pos_bias=pos_bias, attn_mask=allowed)
 
-        return rearrange(out, "b (h w) f c -> b c f h w", h=h, w=w)
+        # back to channels-last in one copy, rather than one in every layer that follows
+        out = rearrange(out, "b (h w) f c -> b c f h w", h=h, w=w)
+        return out.contiguous(memory_format=torch.channels_last_3d)
 
 
 class SpatialAttention(nn.Module):
@@ -293,13 +297,14 @@ class SpatialLinearAttention(nn.Module):
         tokens = rearrange(x, "b c f h w -> (b f) (h w) c")
 
         # (bf, n, heads * d) -> (bf, n, heads, d)
-        q, k = rearrange_many((F.linear(tokens, w_q), F.linear(tokens, w_k)), "b n (h d) -> b n h d", h=self.heads)
-        q = q.softmax(dim=-1)  # over features
-        k = k.softmax(dim=1)  # over pixels
+        # (bf, n, heads * d) -> (bf, n, heads, d): softmax over each head's features
+        q = rearrange(F.linear(tokens, w_q), "b n (h d) -> b n h d", h=self.heads).softmax(dim=-1)
+        k = F.linear(tokens, w_k).softmax(dim=1)  # (bf, n, heads * d), over the pixels
 
-        # (k x^T): (bf, heads * d, n) @ (bf, n, c) -> (bf, heads, d, c)
-        k_x = rearrange(rearrange(k, "b n h d -> b (h d) n") @ tokens, "b (h d) c -> b h d c", h=self.heads)
-        context = torch.einsum("b h d c, h e c -> b h d e", k_x, rearrange(w_v, "(h e) c -> h e c", h=self.heads))
+        # (x k^T): (bf, c, n) @ (bf, n, heads * d) -> (bf, c, heads, d); in this order the
+        # gradient of k comes out in k's own layout
+        x_k = rearrange(rearrange(tokens, "b n c -> b c n") @ k, "b c (h d) -> b c h d", h=self.heads)
+        context = torch.einsum("b c h d, h e c -> b h d e", x_k, rearrange(w_v, "(h e) c -> h e c", h=self.heads))
         w_out = rearrange(self.to_out.weight, "o (h e) 1 1 -> o h e", h=self.heads)
         mixer = torch.einsum("o h e, b h d e -> b h d o", w_out, context) * self.scale
         mixer = rearrange(mixer, "b h d o -> b (h d) o")

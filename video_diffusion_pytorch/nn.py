@@ -72,7 +72,7 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         # x / ||x|| * sqrt(dim) is x / rms(x): F.rms_norm over the channels-last view
-        gamma = rearrange(self.gamma, "c 1 1 1 -> c")
+        gamma = rearrange(self.gamma, "c 1 1 1 -> c").to(x.dtype)  # the fused kernel wants one dtype
         return channels_first(rms_normalize(channels_last(x), gamma))
 
 
@@ -109,12 +109,15 @@ class FrameConv3d(nn.Conv3d):
 
     oneDNN runs it for any batch, channels-last in and out; PyTorch's Conv3d falls back to
     a slow kernel for a batch of one (sampling) and to a channels-first output for 1x1x1.
+    The weight is stored channels-last too (loading a state dict copies into it and keeps
+    that), so oneDNN takes it as it is instead of converting it on every call.
     """
 
     def __init__(self, dim: int, dim_out: int, kernel_size: int, *, stride: int = 1, padding: int = 0):
         super().__init__(
             dim, dim_out, (1, kernel_size, kernel_size), (1, stride, stride), (0, padding, padding)
         )
+        self.weight = nn.Parameter(self.weight.detach().contiguous(memory_format=torch.channels_last_3d))
 
     def forward(self, x: Tensor) -> Tensor:
         # (b, c, f, h, w) -> (b*f, c, h, w): a view for a channels-last video
@@ -132,6 +135,7 @@ class FrameConvTranspose3d(nn.ConvTranspose3d):
         super().__init__(
             dim, dim_out, (1, kernel_size, kernel_size), (1, stride, stride), (0, padding, padding)
         )
+        self.weight = nn.Parameter(self.weight.detach().contiguous(memory_format=torch.channels_last_3d))
 
     def forward(self, x: Tensor) -> Tensor:
         # (b, c, f, h, w) -> (b*f, c, h, w): a view for a channels-last video

@@ -12,15 +12,16 @@ the package.
 
 from __future__ import annotations
 
-
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from einops_exts import rearrange_many
 from rotary_embedding_torch import RotaryEmbedding
-from torch import Tensor, einsum, nn
+from torch import einsum, nn
 
+from video_diffusion_pytorch.attention import Attention as PackageAttention
 from video_diffusion_pytorch.attention import RelativePositionBias as _BucketedBias
+from video_diffusion_pytorch.attention import SpatialLinearAttention as PackageSpatialLinearAttention
 from video_diffusion_pytorch.helpers import default, exists, prob_mask_like
 from video_diffusion_pytorch.nn import SinusoidalPosEmb
 
@@ -104,14 +105,8 @@ class ResnetBlock(nn.Module):
         return h + self.res_conv(x)
 
 
-class SpatialLinearAttention(nn.Module):
-    def __init__(self, dim, heads=4, dim_head=32):
-        super().__init__()
-        self.scale = dim_head**-0.5
-        self.heads = heads
-        hidden_dim = dim_head * heads
-        self.to_qkv = nn.Conv2d(dim, hidden_dim * 3, 1, bias=False)
-        self.to_out = nn.Conv2d(hidden_dim, dim, 1)
+class SpatialLinearAttention(PackageSpatialLinearAttention):
+    """The package's parameters (`to_qkv`, `to_out` 1x1 Conv2d), the original forward."""
 
     def forward(self, x):
         b, c, f, h, w = x.shape
@@ -143,15 +138,8 @@ class EinopsToAndFrom(nn.Module):
         return rearrange(x, f"{self.to_einops} -> {self.from_einops}", **reconstitute_kwargs)
 
 
-class Attention(nn.Module):
-    def __init__(self, dim, heads=4, dim_head=32, rotary_emb=None):
-        super().__init__()
-        self.scale = dim_head**-0.5
-        self.heads = heads
-        hidden_dim = dim_head * heads
-        self.rotary_emb = rotary_emb
-        self.to_qkv = nn.Linear(dim, hidden_dim * 3, bias=False)
-        self.to_out = nn.Linear(hidden_dim, dim, bias=False)
+class Attention(PackageAttention):
+    """The package's parameters (`to_qkv`, `to_out`), the original forward."""
 
     def forward(self, x, pos_bias=None, focus_present_mask=None):
         n, device = x.shape[-2], x.device

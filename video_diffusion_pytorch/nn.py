@@ -13,6 +13,7 @@ matrix products, without copies.
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -20,10 +21,6 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from .helpers import exists
-
-# F.normalize divides by max(||x||, 1e-12); with eps = 1e-24 / c, F.rms_norm divides by
-# sqrt(||x||^2 + 1e-24) / sqrt(c): the same for every vector with ||x|| >> 1e-12
-NORMALIZE_EPS_SQUARED = 1e-24
 
 # ---------------------------------------------------------------- layout
 
@@ -56,10 +53,30 @@ class LayerNorm(nn.Module):
         return channels_first(out)
 
 
-def rms_normalize(tokens: Tensor, weight: Tensor | None = None) -> Tensor:
-    """`tokens / ||tokens||_2 * sqrt(c) * weight` over the last axis (c), fused."""
-    dim = tokens.shape[-1]
-    return F.rms_norm(tokens, (dim,), weight, eps=NORMALIZE_EPS_SQUARED / dim)
+class _RMSNormalize(torch.autograd.Function):
+    """`n = x / max(||x||, 1e-12) * sqrt(c)` over the last axis (c), as `F.normalize(x) *
+    sqrt(c)`, in two passes forward and four backward from the saved output:
+    `dx = r (dn - n mean(dn n))` with `r = sqrt(c) / ||x||`. (Autograd's decomposition
+    of `F.normalize` or `F.rms_norm` takes about twice as many passes and keeps x too.)
+    The backward treats the norm as unclamped: it differs only for ||x|| < 1e-12."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:
+        r = x.shape[-1] ** 0.5 / torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp(min=1e-12)
+        n = x * r
+        ctx.save_for_backward(n, r)
+        return n
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        n, r = ctx.saved_tensors
+        mean_grad_n = (grad * n).mean(dim=-1, keepdim=True)
+        return torch.addcmul(grad, n, mean_grad_n, value=-1) * r
+
+
+def rms_normalize(tokens: Tensor) -> Tensor:
+    """`tokens / ||tokens||_2 * sqrt(c)` over the last axis (c)."""
+    return _RMSNormalize.apply(tokens)
 
 
 class RMSNorm(nn.Module):
@@ -71,9 +88,9 @@ class RMSNorm(nn.Module):
         self.gamma = nn.Parameter(torch.ones(dim, 1, 1, 1))
 
     def forward(self, x: Tensor) -> Tensor:
-        # x / ||x|| * sqrt(dim) is x / rms(x): F.rms_norm over the channels-last view
-        gamma = rearrange(self.gamma, "c 1 1 1 -> c").to(x.dtype)  # the fused kernel wants one dtype
-        return channels_first(rms_normalize(channels_last(x), gamma))
+        # (b, c, f, h, w) -> (b, f, h, w, c): normalise the last axis
+        gamma = rearrange(self.gamma, "c 1 1 1 -> c")
+        return channels_first(rms_normalize(channels_last(x)) * gamma)
 
 
 class PreNorm(nn.Module):
@@ -102,6 +119,24 @@ class Residual(nn.Module):
 # ---------------------------------------------------------------- convolution blocks
 
 
+def _per_frame(x: Tensor, conv2d: Callable[[Tensor], Tensor]) -> Tensor:
+    """Apply a 2-D convolution to every frame: frames folded into the batch, a view of
+    a channels-last video, (b, c, f, h, w) -> (b*f, c, h, w) -> (b, c', f, h', w')."""
+    frames = rearrange(x, "b c f h w -> (b f) c h w")
+    return rearrange(conv2d(frames), "(b f) c h w -> b c f h w", b=x.shape[0])
+
+
+def _frame_kernel(kernel_size: int, stride: int, padding: int) -> tuple[tuple[int, ...], ...]:
+    """Conv3d kernel, stride and padding that leave the frame axis alone."""
+    return (1, kernel_size, kernel_size), (1, stride, stride), (0, padding, padding)
+
+
+def _channels_last_parameter(weight: Tensor) -> nn.Parameter:
+    """The weight stored channels-last (loading a state dict copies into it and keeps
+    that), so that oneDNN takes it as it is instead of converting it on every call."""
+    return nn.Parameter(weight.detach().contiguous(memory_format=torch.channels_last_3d))
+
+
 class FrameConv3d(nn.Conv3d):
     """A Conv3d with kernel `(1, k, k)`: same parameters and state-dict keys as
     `nn.Conv3d(dim, dim_out, (1, k, k), (1, stride, stride), (0, padding, padding))`,
@@ -109,22 +144,15 @@ class FrameConv3d(nn.Conv3d):
 
     oneDNN runs it for any batch, channels-last in and out; PyTorch's Conv3d falls back to
     a slow kernel for a batch of one (sampling) and to a channels-first output for 1x1x1.
-    The weight is stored channels-last too (loading a state dict copies into it and keeps
-    that), so oneDNN takes it as it is instead of converting it on every call.
     """
 
     def __init__(self, dim: int, dim_out: int, kernel_size: int, *, stride: int = 1, padding: int = 0):
-        super().__init__(
-            dim, dim_out, (1, kernel_size, kernel_size), (1, stride, stride), (0, padding, padding)
-        )
-        self.weight = nn.Parameter(self.weight.detach().contiguous(memory_format=torch.channels_last_3d))
+        super().__init__(dim, dim_out, *_frame_kernel(kernel_size, stride, padding))
+        self.weight = _channels_last_parameter(self.weight)
 
     def forward(self, x: Tensor) -> Tensor:
-        # (b, c, f, h, w) -> (b*f, c, h, w): a view for a channels-last video
-        frames = rearrange(x, "b c f h w -> (b f) c h w")
         weight = rearrange(self.weight, "o c 1 kh kw -> o c kh kw")
-        out = F.conv2d(frames, weight, self.bias, self.stride[1:], self.padding[1:])
-        return rearrange(out, "(b f) c h w -> b c f h w", b=x.shape[0])
+        return _per_frame(x, lambda frames: F.conv2d(frames, weight, self.bias, self.stride[1:], self.padding[1:]))
 
 
 class FrameConvTranspose3d(nn.ConvTranspose3d):
@@ -132,17 +160,14 @@ class FrameConvTranspose3d(nn.ConvTranspose3d):
     computed as a ConvTranspose2d over the frames folded into the batch; see `FrameConv3d`."""
 
     def __init__(self, dim: int, dim_out: int, kernel_size: int, *, stride: int = 1, padding: int = 0):
-        super().__init__(
-            dim, dim_out, (1, kernel_size, kernel_size), (1, stride, stride), (0, padding, padding)
-        )
-        self.weight = nn.Parameter(self.weight.detach().contiguous(memory_format=torch.channels_last_3d))
+        super().__init__(dim, dim_out, *_frame_kernel(kernel_size, stride, padding))
+        self.weight = _channels_last_parameter(self.weight)
 
     def forward(self, x: Tensor) -> Tensor:
-        # (b, c, f, h, w) -> (b*f, c, h, w): a view for a channels-last video
-        frames = rearrange(x, "b c f h w -> (b f) c h w")
         weight = rearrange(self.weight, "c o 1 kh kw -> c o kh kw")
-        out = F.conv_transpose2d(frames, weight, self.bias, self.stride[1:], self.padding[1:])
-        return rearrange(out, "(b f) c h w -> b c f h w", b=x.shape[0])
+        return _per_frame(
+            x, lambda frames: F.conv_transpose2d(frames, weight, self.bias, self.stride[1:], self.padding[1:])
+        )
 
 
 class Block(nn.Module):

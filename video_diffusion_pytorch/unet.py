@@ -23,7 +23,7 @@ from .text import BERT_MODEL_DIM
 
 # classifier-free guidance runs its conditional and null forwards as one forward of the
 # doubled batch when the batch holds at most this many voxels (b * f * h * w): on CPU,
-# fewer larger operations pay for small batches (2.2x faster at 1 x 8 x 32^2) and cost
+# fewer larger operations pay for small batches (1.3x to 1.9x faster at 1 x 8 x 32^2) and cost
 # for large ones (working sets outgrow the caches; 0.85x at 4 x 8 x 32^2). Always on CUDA.
 BATCHED_GUIDANCE_MAX_VOXELS = 2 * 8 * 32 * 32
 

@@ -3,11 +3,17 @@
 Every convolution has a temporal kernel of 1: these layers mix pixels within a frame and
 never across frames ("space-time factorised", Ho et al. 2022, §3). Frames meet only in
 the temporal attention of `attention.py`.
+
+Layout: every layer takes and returns videos `(b, c, f, h, w)` in any memory layout. The
+U-net keeps them in `torch.channels_last_3d`, where `channels_last(x)` is a free view with
+the channels on the last axis: norms then run as fused kernels and projections as plain
+matrix products, without copies.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -15,6 +21,19 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from .helpers import exists
+
+# ---------------------------------------------------------------- layout
+
+
+def channels_last(x: Tensor) -> Tensor:
+    """`(b, c, f, h, w) -> (b, f, h, w, c)`: a view, contiguous for a channels-last-3d video."""
+    return rearrange(x, "b c f h w -> b f h w c")
+
+
+def channels_first(x: Tensor) -> Tensor:
+    """`(b, f, h, w, c) -> (b, c, f, h, w)`: a view, the inverse of `channels_last`."""
+    return rearrange(x, "b f h w c -> b c f h w")
+
 
 # ---------------------------------------------------------------- norms and wrappers
 
@@ -28,9 +47,36 @@ class LayerNorm(nn.Module):
         self.gamma = nn.Parameter(torch.ones(1, dim, 1, 1, 1))
 
     def forward(self, x: Tensor) -> Tensor:
-        var = torch.var(x, dim=1, unbiased=False, keepdim=True)
-        mean = torch.mean(x, dim=1, keepdim=True)
-        return (x - mean) / (var + self.eps).sqrt() * self.gamma
+        # (b, c, f, h, w) -> (b, f, h, w, c): the fused kernel normalises the last axis
+        gamma = rearrange(self.gamma, "1 c 1 1 1 -> c")
+        out = F.layer_norm(channels_last(x), gamma.shape, gamma, None, self.eps)
+        return channels_first(out)
+
+
+class _RMSNormalize(torch.autograd.Function):
+    """`n = x / max(||x||, 1e-12) * sqrt(c)` over the last axis (c), as `F.normalize(x) *
+    sqrt(c)`, in two passes forward and four backward from the saved output:
+    `dx = r (dn - n mean(dn n))` with `r = sqrt(c) / ||x||`. (Autograd's decomposition
+    of `F.normalize` or `F.rms_norm` takes about twice as many passes and keeps x too.)
+    The backward treats the norm as unclamped: it differs only for ||x|| < 1e-12."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:
+        r = x.shape[-1] ** 0.5 / torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp(min=1e-12)
+        n = x * r
+        ctx.save_for_backward(n, r)
+        return n
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        n, r = ctx.saved_tensors
+        mean_grad_n = (grad * n).mean(dim=-1, keepdim=True)
+        return torch.addcmul(grad, n, mean_grad_n, value=-1) * r
+
+
+def rms_normalize(tokens: Tensor) -> Tensor:
+    """`tokens / ||tokens||_2 * sqrt(c)` over the last axis (c)."""
+    return _RMSNormalize.apply(tokens)
 
 
 class RMSNorm(nn.Module):
@@ -42,7 +88,9 @@ class RMSNorm(nn.Module):
         self.gamma = nn.Parameter(torch.ones(dim, 1, 1, 1))
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.normalize(x, dim=1) * self.scale * self.gamma
+        # (b, c, f, h, w) -> (b, f, h, w, c): normalise the last axis
+        gamma = rearrange(self.gamma, "c 1 1 1 -> c")
+        return channels_first(rms_normalize(channels_last(x)) * gamma)
 
 
 class PreNorm(nn.Module):
@@ -71,21 +119,76 @@ class Residual(nn.Module):
 # ---------------------------------------------------------------- convolution blocks
 
 
+def _per_frame(x: Tensor, conv2d: Callable[[Tensor], Tensor]) -> Tensor:
+    """Apply a 2-D convolution to every frame: frames folded into the batch, a view of
+    a channels-last video, (b, c, f, h, w) -> (b*f, c, h, w) -> (b, c', f, h', w')."""
+    frames = rearrange(x, "b c f h w -> (b f) c h w")
+    return rearrange(conv2d(frames), "(b f) c h w -> b c f h w", b=x.shape[0])
+
+
+def _frame_kernel(kernel_size: int, stride: int, padding: int) -> tuple[tuple[int, ...], ...]:
+    """Conv3d kernel, stride and padding that leave the frame axis alone."""
+    return (1, kernel_size, kernel_size), (1, stride, stride), (0, padding, padding)
+
+
+def _channels_last_parameter(weight: Tensor) -> nn.Parameter:
+    """The weight stored channels-last (loading a state dict copies into it and keeps
+    that), so that oneDNN takes it as it is instead of converting it on every call."""
+    return nn.Parameter(weight.detach().contiguous(memory_format=torch.channels_last_3d))
+
+
+class FrameConv3d(nn.Conv3d):
+    """A Conv3d with kernel `(1, k, k)`: same parameters and state-dict keys as
+    `nn.Conv3d(dim, dim_out, (1, k, k), (1, stride, stride), (0, padding, padding))`,
+    computed as a Conv2d over the frames folded into the batch (a view of the weight).
+
+    oneDNN runs it for any batch, channels-last in and out; PyTorch's Conv3d falls back to
+    a slow kernel for a batch of one (sampling) and to a channels-first output for 1x1x1.
+    """
+
+    def __init__(self, dim: int, dim_out: int, kernel_size: int, *, stride: int = 1, padding: int = 0):
+        super().__init__(dim, dim_out, *_frame_kernel(kernel_size, stride, padding))
+        self.weight = _channels_last_parameter(self.weight)
+
+    def forward(self, x: Tensor) -> Tensor:
+        weight = rearrange(self.weight, "o c 1 kh kw -> o c kh kw")
+        return _per_frame(x, lambda frames: F.conv2d(frames, weight, self.bias, self.stride[1:], self.padding[1:]))
+
+
+class FrameConvTranspose3d(nn.ConvTranspose3d):
+    """A ConvTranspose3d with kernel `(1, k, k)` (same parameters and state-dict keys),
+    computed as a ConvTranspose2d over the frames folded into the batch; see `FrameConv3d`."""
+
+    def __init__(self, dim: int, dim_out: int, kernel_size: int, *, stride: int = 1, padding: int = 0):
+        super().__init__(dim, dim_out, *_frame_kernel(kernel_size, stride, padding))
+        self.weight = _channels_last_parameter(self.weight)
+
+    def forward(self, x: Tensor) -> Tensor:
+        weight = rearrange(self.weight, "c o 1 kh kw -> c o kh kw")
+        return _per_frame(
+            x, lambda frames: F.conv_transpose2d(frames, weight, self.bias, self.stride[1:], self.padding[1:])
+        )
+
+
 class Block(nn.Module):
     """Conv (1, 3, 3) -> RMSNorm -> optional FiLM `x * (scale + 1) + shift` -> SiLU."""
 
     def __init__(self, dim: int, dim_out: int):
         super().__init__()
-        self.proj = nn.Conv3d(dim, dim_out, (1, 3, 3), padding=(0, 1, 1))
+        self.proj = FrameConv3d(dim, dim_out, 3, padding=1)
         self.norm = RMSNorm(dim_out)
         self.act = nn.SiLU()
 
     def forward(self, x: Tensor, scale_shift: tuple[Tensor, Tensor] | None = None) -> Tensor:
-        x = self.norm(self.proj(x))
-        if exists(scale_shift):
-            scale, shift = scale_shift
-            x = x * (scale + 1) + shift
-        return self.act(x)
+        """`scale_shift`: a pair of `(b, dim_out, 1, 1, 1)` tensors, or None."""
+        x = self.proj(x)
+        if not exists(scale_shift):
+            return self.act(self.norm(x))
+        # norm and FiLM in two passes: x / rms(x) * (gamma * (scale + 1)) + shift
+        scale, shift = (channels_last(t) for t in scale_shift)  # (b, c, 1, 1, 1) -> (b, 1, 1, 1, c)
+        gain = rearrange(self.norm.gamma, "c 1 1 1 -> c") * (scale + 1)
+        x = torch.addcmul(shift, rms_normalize(channels_last(x)), gain)
+        return channels_first(self.act(x))
 
 
 class ResnetBlock(nn.Module):
@@ -107,7 +210,7 @@ class ResnetBlock(nn.Module):
         )
         self.block1 = Block(dim, dim_out)
         self.block2 = Block(dim_out, dim_out)
-        self.res_conv = nn.Conv3d(dim, dim_out, 1) if dim != dim_out else nn.Identity()
+        self.res_conv = FrameConv3d(dim, dim_out, 1) if dim != dim_out else nn.Identity()
 
     def forward(self, x: Tensor, time_emb: Tensor | None = None) -> Tensor:
         scale_shift = None
@@ -126,12 +229,12 @@ class ResnetBlock(nn.Module):
 
 def Downsample(dim: int) -> nn.Module:
     """Halve height and width, keep frames: (b, c, f, h, w) -> (b, c, f, h/2, w/2)."""
-    return nn.Conv3d(dim, dim, (1, 4, 4), (1, 2, 2), (0, 1, 1))
+    return FrameConv3d(dim, dim, 4, stride=2, padding=1)
 
 
 def Upsample(dim: int) -> nn.Module:
     """Double height and width, keep frames: (b, c, f, h, w) -> (b, c, f, 2h, 2w)."""
-    return nn.ConvTranspose3d(dim, dim, (1, 4, 4), (1, 2, 2), (0, 1, 1))
+    return FrameConvTranspose3d(dim, dim, 4, stride=2, padding=1)
 
 
 # ---------------------------------------------------------------- time embedding

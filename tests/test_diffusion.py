@@ -111,3 +111,11 @@ def test_forward_draws_random_numbers_in_the_original_order():
     x_start = videos * 2 - 1
     noise = torch.randn_like(x_start)
     torch.testing.assert_close(loss, diffusion.p_losses(x_start, t, noise=noise))
+
+
+def test_training_after_sampling_at_the_same_frame_count():
+    # caches filled while sampling (inference mode) must still serve autograd
+    diffusion = make_diffusion()
+    diffusion.sample(batch_size=1, progress=False)
+    diffusion(torch.rand(2, 3, 3, 8, 8)).backward()
+    assert diffusion.denoise_fn.time_rel_pos_bias.relative_attention_bias.weight.grad is not None

@@ -27,9 +27,9 @@ from .video_io import atomic_path
 
 @dataclass
 class DemoSettings:
-    """Sizes chosen so the demo runs in three to five minutes on two CPU cores."""
+    """Sizes chosen so the demo runs in about three minutes on a CPU core."""
 
-    steps: int = 600
+    steps: int = 1000
     image_size: int = 16
     num_frames: int = 5
     timesteps: int = 100

@@ -7,7 +7,7 @@ exec(Path("video_diffusion_pytorch/version.py").read_text(), version)
 
 setup(
     name="video-diffusion-pytorch",
-    packages=find_packages(exclude=["tests", "tests.*", "benchmarks", "examples"]),
+    packages=find_packages(exclude=["tests", "tests.*", "benchmarks"]),
     version=version["__version__"],
     license="MIT",
     description="Video Diffusion Models (Ho et al. 2022) in PyTorch: text-to-video and unconditional video generation",

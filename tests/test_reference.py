@@ -72,10 +72,18 @@ def test_unet_null_condition_and_guidance():
     assert_close(guided, ref["out_cfg"], "out_cfg")
 
 
+# the options the original lacks, named at their defaults: they must not change a number
+NEW_OPTIONS_AT_DEFAULTS = dict(
+    objective="pred_noise", beta_schedule="cosine", min_snr_loss_weight=False, sampling_timesteps=None,
+    ddim_sampling_eta=0.0, sampler="ancestral",
+)
+
+
+@pytest.mark.parametrize("new_options", [{}, NEW_OPTIONS_AT_DEFAULTS], ids=["original-arguments", "new-options-named"])
 @pytest.mark.parametrize("name", ["diffusion_a", "diffusion_b"])
-def test_diffusion_buffers_losses_and_posterior(name):
+def test_diffusion_buffers_losses_and_posterior(name, new_options):
     ref = load_fixture(name)
-    diffusion = GaussianDiffusion(Unet3D(**ref["unet_config"]), **ref["diffusion_config"])
+    diffusion = GaussianDiffusion(Unet3D(**ref["unet_config"]), **ref["diffusion_config"], **new_options)
     diffusion.load_state_dict(ref["state_dict"], strict=True)
     diffusion.eval()
 

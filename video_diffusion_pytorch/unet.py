@@ -50,7 +50,7 @@ class Unet3D(PretrainedMixin, nn.Module):
         use_sparse_linear_attn: add linear spatial attention at every level.
         block_type: only 'resnet'.
         gradient_checkpointing: keep only each block's inputs for the backward pass and
-            recompute the rest there: less memory for about a third more training time.
+            recompute the rest there: less memory for about a quarter more training time.
             Can also be switched later through the attribute of the same name.
     """
 

@@ -12,6 +12,7 @@ from tiny_training import FRAMES, SIZE, make_clips, make_diffusion, single_threa
 from video_diffusion_pytorch.cli import main
 from video_diffusion_pytorch.data import video_tensor_to_gif
 from video_diffusion_pytorch.hub import build_model
+from video_diffusion_pytorch.unet import Unet3D
 
 ORIGINAL_CHECKPOINT = Path(__file__).parent / "fixtures" / "original_trainer_checkpoint.pt"
 
@@ -76,6 +77,25 @@ def test_text_conditioned_train_and_sample(clip_folder, tmp_path, tiny_bert, cap
     assert Image.open(tmp_path / "b.gif").size == (SIZE + 4, 2 * (SIZE + 4))
 
 
+def test_objective_and_fast_sampling_options(clip_folder, tmp_path, monkeypatch):
+    results = tmp_path / "results"
+    options = ["--objective", "pred_v", "--beta-schedule", "sigmoid", "--min-snr", "--sampling-steps", "2"]
+    assert train(clip_folder, results, "--steps", "1", *options) == 0
+    config = torch.load(results / "model-1.pt", weights_only=True)["config"]["config"]
+    assert (config["objective"], config["beta_schedule"], config["min_snr_loss_weight"]) == ("pred_v", "sigmoid", True)
+    assert config["sampling_timesteps"] == 2
+
+    passes = []  # network passes per sampled video, counted at the U-net
+    denoise = Unet3D._denoise
+    monkeypatch.setattr(Unet3D, "_denoise", lambda self, x, *args, **kwargs: passes.append(len(x)) or denoise(self, x, *args, **kwargs))
+    sample = ["sample", str(results / "model-1.pt"), "--num", "1", "--no-progress"]
+    assert main([*sample, "--out", str(tmp_path / "a.gif")]) == 0
+    assert passes == [1, 1]  # the model's own setting: 2 DDIM steps
+    passes.clear()
+    assert main([*sample, "--sampling-steps", "4", "--eta", "1", "--out", str(tmp_path / "b.gif")]) == 0
+    assert passes == [1] * 4
+
+
 def test_demo_code_path(tmp_path, capsys):
     command = ["demo", "--steps", "2", "--image-size", "8", "--num-frames", "3", "--timesteps", "3", "--dim", "8"]
     assert main([*command, "--results-folder", str(tmp_path), "--no-progress"]) == 0
@@ -103,6 +123,8 @@ def test_original_checkpoint_cannot_be_sampled_without_a_description(tmp_path, c
         (["sample", "{tmp}/unconditional", "--cond-scale", "3"], "unconditional"),
         (["sample", "{tmp}/unconditional", "--out", "{tmp}/x.png"], "--out must end in"),
         (["sample", "{tmp}/clips"], "no config.json"),
+        (["sample", "{tmp}/unconditional", "--eta", "0.5"], "needs --sampling-steps"),
+        (["sample", "{tmp}/unconditional", "--sampling-steps", "11"], r"sampling_timesteps must be in \[1, timesteps=10\]"),
     ],
 )
 def test_bad_input_exits_with_status_2(tmp_path, clip_folder, capsys, command, message):

@@ -50,6 +50,25 @@ def test_fewer_sampling_steps_select_ddim_and_call_the_network_once_per_step():
     assert sum(calls) == 4 * 2 * 2  # classifier-free guidance: conditional and null pass per step
 
 
+def test_a_built_model_can_switch_to_fewer_steps_and_saves_the_choice(tmp_path):
+    diffusion = make_diffusion()
+    calls = []
+    diffusion.denoise_fn.init_conv.register_forward_hook(lambda module, args, out: calls.append(out.shape[0]))
+    diffusion.configure_sampling(3, ddim_sampling_eta=0.5)
+    assert (diffusion.sampler, diffusion.sampling_timesteps, diffusion.ddim_sampling_eta) == ("ddim", 3, 0.5)
+    diffusion.sample(batch_size=1, progress=False)
+    assert sum(calls) == 3
+    reloaded = GaussianDiffusion.from_pretrained(diffusion.save_pretrained(tmp_path / "model"))
+    assert (reloaded.sampler, reloaded.sampling_timesteps, reloaded.ddim_sampling_eta) == ("ddim", 3, 0.5)
+
+    diffusion.configure_sampling()  # back to the original's ancestral sampling over every step
+    assert (diffusion.sampler, diffusion.sampling_timesteps) == ("ancestral", 10)
+    with pytest.raises(ValueError, match=r"sampling_timesteps must be in \[1, timesteps=10\], got 0"):
+        diffusion.configure_sampling(0)
+    with pytest.raises(ValueError, match="ancestral sampler takes every one of the 10 steps"):
+        diffusion.configure_sampling(5, sampler="ancestral")
+
+
 def test_sampling_steps_are_evenly_spaced_from_the_last_to_the_first():
     assert spaced_timesteps(10, 10) == list(range(9, -1, -1))
     steps = spaced_timesteps(1000, 50)

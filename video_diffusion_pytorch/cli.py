@@ -17,7 +17,8 @@ import torch
 
 from .checkpoint import checkpoint_path, list_milestones, load_checkpoint, resolve_milestone
 from .data import VideoDataset, write_video
-from .diffusion import GaussianDiffusion
+from .diffusion import OBJECTIVES, GaussianDiffusion
+from .schedules import BETA_SCHEDULES
 from .hub import build_model
 from .results import video_grid
 from .unet import Unet3D
@@ -70,6 +71,8 @@ def _train(args: argparse.Namespace) -> int:
         diffusion = GaussianDiffusion(
             unet, image_size=image_size, num_frames=frames, channels=channels, timesteps=args.timesteps,
             loss_type=args.loss_type, text_use_bert_cls=args.text_use_bert_cls, bert_model=args.bert_model,
+            objective=args.objective, beta_schedule=args.beta_schedule, min_snr_loss_weight=args.min_snr,
+            sampling_timesteps=args.sampling_steps,
         )  # fmt: skip
 
     trainer = Trainer(
@@ -123,6 +126,10 @@ def _sample(args: argparse.Namespace) -> int:
         raise UsageError(f"--num must be at least 1, got {args.num}")
 
     diffusion = _load_for_sampling(Path(args.checkpoint), args.weights)
+    if args.sampling_steps is not None:
+        diffusion.configure_sampling(args.sampling_steps, args.eta, sampler="ddim")
+    elif args.eta != 0:
+        raise UsageError("--eta is DDIM's noise scale: it needs --sampling-steps")
     text_model = bool(getattr(diffusion.denoise_fn, "use_bert_text_cond", False))
     if args.text and not text_model:
         raise UsageError("--text given, but this model is not text-conditioned")
@@ -195,6 +202,10 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--loss-type", choices=("l1", "l2"), default="l1")
     model.add_argument("--bert-model", help="BERT name or folder for captions (default: $VIDEO_DIFFUSION_BERT_MODEL or bert-base-cased)")
     model.add_argument("--text-use-bert-cls", action="store_true", help="embed captions with BERT's CLS vector")
+    model.add_argument("--objective", choices=OBJECTIVES, default="pred_noise", help="what the network predicts")
+    model.add_argument("--beta-schedule", choices=tuple(BETA_SCHEDULES), default="cosine")
+    model.add_argument("--min-snr", action="store_true", help="Min-SNR loss weighting (gamma 5)")
+    model.add_argument("--sampling-steps", type=int, help="DDIM steps of the milestone samples (default: every step, ancestral)")
     training = train.add_argument_group("training")
     training.add_argument("--steps", type=int, default=100000)
     training.add_argument("--batch-size", type=int, default=32, help="per process")
@@ -227,6 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--text", nargs="+", default=[], help="prompts, for a text-conditioned model")
     sample.add_argument("--num", type=int, default=4, help="videos (per prompt, for a text model)")
     sample.add_argument("--cond-scale", type=float, default=1.0, help="classifier-free guidance scale")
+    sample.add_argument("--sampling-steps", type=int, help="sample with DDIM in this many steps (default: the model's setting)")
+    sample.add_argument("--eta", type=float, default=0.0, help="DDIM noise scale, 0 (deterministic) to 1, with --sampling-steps")
     sample.add_argument("--out", default="samples.gif", help=".gif, or .mp4 .webm .avi .mov with the [video] extra")
     sample.add_argument("--fps", type=int, default=8)
     sample.add_argument("--weights", choices=("ema", "model"), default="ema", help="which weights of a Trainer checkpoint")

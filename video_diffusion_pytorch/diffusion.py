@@ -97,7 +97,6 @@ class GaussianDiffusion(VideoGeneration, PretrainedMixin, nn.Module):
             raise ValueError(f"beta_schedule must be one of {tuple(BETA_SCHEDULES)}, got {beta_schedule!r}")
         if not min_snr_gamma > 0:
             raise ValueError(f"min_snr_gamma must be positive, got {min_snr_gamma}")
-        self.sampler = self._check_sampler(sampler, default(sampling_timesteps, timesteps), timesteps, ddim_sampling_eta)
 
         self.config: dict[str, Any] = dict(
             image_size=image_size, num_frames=num_frames, text_use_bert_cls=text_use_bert_cls,
@@ -119,14 +118,13 @@ class GaussianDiffusion(VideoGeneration, PretrainedMixin, nn.Module):
         self.objective = objective
         self.min_snr_loss_weight = min_snr_loss_weight
         self.min_snr_gamma = min_snr_gamma
-        self.sampling_timesteps = default(sampling_timesteps, timesteps)
-        self.ddim_sampling_eta = ddim_sampling_eta
+        self.num_timesteps = int(timesteps)
+        self.configure_sampling(sampling_timesteps, ddim_sampling_eta, sampler)
 
         betas = BETA_SCHEDULES[beta_schedule](timesteps)
         alphas = 1.0 - betas
         alphas_cumprod = torch.cumprod(alphas, dim=0)
         alphas_cumprod_prev = F.pad(alphas_cumprod[:-1], (1, 0), value=1.0)
-        self.num_timesteps = int(betas.shape[0])
 
         def register_buffer(name: str, value: Tensor) -> None:
             self.register_buffer(name, value.to(torch.float32))
@@ -151,6 +149,19 @@ class GaussianDiffusion(VideoGeneration, PretrainedMixin, nn.Module):
         register_buffer(
             "posterior_mean_coef2", (1.0 - alphas_cumprod_prev) * torch.sqrt(alphas) / (1.0 - alphas_cumprod)
         )
+
+    def configure_sampling(
+        self, sampling_timesteps: int | None = None, ddim_sampling_eta: float = 0.0, sampler: str | None = None
+    ) -> None:
+        """Choose how `sample` and the methods built on it sample, as the constructor's
+        arguments of the same names do: a trained model can be sampled with fewer DDIM
+        steps without being rebuilt. Training is unaffected; `config` (and so a saved
+        model) records the choice."""
+        steps = default(sampling_timesteps, self.num_timesteps)
+        self.sampler = self._check_sampler(sampler, steps, self.num_timesteps, ddim_sampling_eta)
+        self.sampling_timesteps = steps
+        self.ddim_sampling_eta = ddim_sampling_eta
+        self.config.update(sampling_timesteps=sampling_timesteps, ddim_sampling_eta=ddim_sampling_eta, sampler=sampler)
 
     # ------------------------------------------------------------ boundary checks
 

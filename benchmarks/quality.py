@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +39,7 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from video_diffusion_pytorch import GaussianDiffusion, Unet3D
+from video_diffusion_pytorch.checkpoint import atomic_write_text, save_checkpoint
 from video_diffusion_pytorch.synthetic import moving_shapes
 
 IMAGE_SIZE, NUM_FRAMES, CHANNELS, TIMESTEPS = 16, 8, 1, 1000
@@ -252,9 +252,7 @@ def load_or_train(args: argparse.Namespace) -> Unet3D:
     print(f"training {args.train_steps} steps, batch {args.batch_size}, lr {args.lr}")
     unet, seconds = train(args.train_steps, args.batch_size, args.lr, args.seed)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
-    torch.save(dict(state_dict=unet.state_dict(), settings=json.loads(json.dumps(settings)), seconds=seconds), temporary)
-    os.replace(temporary, path)
+    save_checkpoint(dict(state_dict=unet.state_dict(), settings=json.loads(json.dumps(settings)), seconds=seconds), path)
     return unet
 
 
@@ -390,9 +388,7 @@ def main() -> None:
     print(f"\ntotal {time.time() - total_start:.0f} s")
     path = Path(args.json)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps(dict(settings=vars(args), criteria=vars(criteria), data=data_row, samplers=samplers, conditioning=conditioning), indent=2))
-    os.replace(temporary, path)
+    atomic_write_text(path, json.dumps(dict(settings=vars(args), criteria=vars(criteria), data=data_row, samplers=samplers, conditioning=conditioning), indent=2))
     print(f"wrote {path}")
 
 

@@ -29,7 +29,6 @@ import platform
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Callable
@@ -48,6 +47,9 @@ from cases import (
     max_relative_error,
     train_step,
 )
+
+# after `cases`, which puts this checkout first on the path
+from video_diffusion_pytorch.checkpoint import atomic_write_text
 
 PARITY_TOLERANCE = 1e-4
 HERE = Path(__file__).resolve().parent
@@ -210,11 +212,8 @@ def _memory_cells(row: dict, is_ratio: bool) -> list[str]:
 
 
 def write_json(path: Path, payload: dict) -> None:
-    """Atomically: a temporary file in the same folder, then `os.replace`."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as handle:
-        json.dump(payload, handle, indent=2)
-    os.replace(handle.name, path)
+    atomic_write_text(path, json.dumps(payload, indent=2))
 
 
 # ---------------------------------------------------------------- command line

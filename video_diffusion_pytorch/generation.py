@@ -157,8 +157,7 @@ class VideoGeneration:
         t = default(t, self.num_timesteps - 1)
         if not 0 <= t < self.num_timesteps:
             raise ValueError(f"t must be in [0, {self.num_timesteps}), got {t}")
-        self._check_guidance(cond_scale)
-        cond = self._embed_cond(cond, x1.device)
+        cond, _ = self._prepare_cond(cond, cond_scale, x1.shape[0])
 
         b = x1.shape[0]
         t_batched = torch.full((b,), t, device=x1.device, dtype=torch.long)

@@ -39,7 +39,8 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from video_diffusion_pytorch import GaussianDiffusion, Unet3D
-from video_diffusion_pytorch.checkpoint import atomic_write_text, save_checkpoint
+from video_diffusion_pytorch.checkpoint import save_checkpoint
+from video_diffusion_pytorch.files import atomic_write_text
 from video_diffusion_pytorch.synthetic import moving_shapes
 
 IMAGE_SIZE, NUM_FRAMES, CHANNELS, TIMESTEPS = 16, 8, 1, 1000

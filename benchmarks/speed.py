@@ -49,7 +49,7 @@ from cases import (
 )
 
 # after `cases`, which puts this checkout first on the path
-from video_diffusion_pytorch.checkpoint import atomic_write_text
+from video_diffusion_pytorch.files import atomic_write_text
 
 PARITY_TOLERANCE = 1e-4
 HERE = Path(__file__).resolve().parent

@@ -1,4 +1,4 @@
-"""Trainer checkpoints: atomic writes, safe loads, milestones and random states.
+"""Trainer checkpoints: safe loads, atomic saves, milestones and random states.
 
 A checkpoint `model-{milestone}.pt` is a plain dict. The original's keys come first and
 keep their meaning, so either library reads the other's files:
@@ -27,18 +27,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from .video_io import atomic_path
+from .files import atomic_path
 
 FORMAT_VERSION = 1
 CHECKPOINT_PATTERN = re.compile(r"model-(\d+)\.pt")
 
-# ---------------------------------------------------------------- atomic files (see video_io.atomic_path)
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write a UTF-8 text file atomically."""
-    with atomic_path(path) as temporary:
-        temporary.write_text(text, encoding="utf-8")
+# ---------------------------------------------------------------- files
 
 
 def save_checkpoint(checkpoint: dict[str, Any], path: str | os.PathLike) -> None:

@@ -22,7 +22,7 @@ from .diffusion import GaussianDiffusion
 from .synthetic import moving_shapes
 from .trainer import Trainer
 from .unet import Unet3D
-from .video_io import atomic_path
+from .files import atomic_path
 
 
 @dataclass

@@ -23,8 +23,7 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
-from .checkpoint import atomic_write_text
-from .video_io import atomic_path
+from .files import atomic_path, atomic_write_text
 from .version import __version__
 
 CONFIG_NAME = "config.json"

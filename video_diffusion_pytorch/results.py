@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor
 
-from .video_io import atomic_path
+from .files import atomic_path
 
 
 def video_grid(videos: Tensor, rows: int, padding: int = 2) -> Tensor:

@@ -26,7 +26,6 @@ from tqdm.auto import tqdm
 
 from .checkpoint import (
     FORMAT_VERSION,
-    atomic_write_text,
     capture_rng_state,
     checkpoint_path,
     load_checkpoint,
@@ -35,6 +34,7 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .data import video_tensor_to_gif
+from .files import atomic_write_text
 from .diffusion import GaussianDiffusion
 from .ema import EMA
 from .helpers import default, exists, num_to_groups

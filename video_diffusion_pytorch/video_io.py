@@ -13,7 +13,6 @@ import os
 import re
 import struct
 import sys
-import uuid
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import closing, contextmanager
 from fractions import Fraction
@@ -26,6 +25,8 @@ import torchvision.transforms as T
 import torchvision.transforms.functional as TF
 from PIL import Image, ImageSequence
 from torch import Tensor
+
+from .files import atomic_path
 
 CHANNELS_TO_MODE = {1: "L", 3: "RGB", 4: "RGBA"}
 GIF_EXTENSION = ".gif"
@@ -109,22 +110,6 @@ def reading(path: str | os.PathLike) -> Iterator[None]:
 def _av_errors() -> tuple[type[Exception], ...]:
     av = sys.modules.get("av")  # no PyAV error can occur before PyAV is imported
     return (av.FFmpegError,) if av is not None else ()
-
-
-@contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; on success it replaces `path` in one step.
-
-    On failure the temporary file is removed and `path` is left as it was. The temporary
-    name starts with a dot, so dataset scans skip a file still being written.
-    """
-    path = Path(path)
-    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        yield temporary
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------- reading

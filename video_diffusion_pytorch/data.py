@@ -12,6 +12,7 @@ import os
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +29,7 @@ from .video_io import (
     ClipError,
     MissingVideoSupportError,
     channel_mode,
+    convert_image,
     count_frames,
     frames_to_tensor,
     gif_to_tensor,
@@ -183,7 +185,52 @@ def random_horizontal_flip(x: Tensor) -> Tensor:
 # ---------------------------------------------------------------- datasets
 
 
-class VideoDataset(torch_data.Dataset):
+class ScannedDataset(torch_data.Dataset):
+    """Files found below `folder` and sifted once (`paths`; `skipped` says what was left
+    out and why). Damage that the scan cannot see is met when an item is first decoded:
+    that file is left out from then on, with one `SkippedFilesWarning` naming it, and the
+    next readable file is served in its place, so a long run never stops at one bad file."""
+
+    def _scan(self, candidates: list[Path], probe: Callable[[Path], int], kind: str, formats: str) -> list[int]:
+        """Keep the candidates that `probe` accepts (`paths`); returns their probe results."""
+        usable, self.skipped = _sift(candidates, probe)
+        _check_usable(self.folder, len(candidates), self.skipped, kind, formats)
+        self.paths: list[Path] = [path for path, _ in usable]
+        self.unreadable: set[int] = set()  # indices that failed to decode, in this process
+        return [result for _, result in usable]
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> Any:
+        """Item `index`, or the next readable one when its file fails to decode."""
+        self.paths[index]  # an IndexError for an index out of range
+        for offset in range(len(self.paths)):
+            candidate = (index + offset) % len(self.paths)
+            if candidate in self.unreadable:
+                continue
+            try:
+                return self._read_item(candidate)
+            except ClipError as error:
+                self._leave_out(candidate, error)
+        raise ValueError(
+            f"none of the {len(self.paths)} files in {str(self.folder)!r} could be decoded:\n"
+            + "\n".join(f"  {reason}" for reason in self.skipped)
+        )
+
+    def _read_item(self, index: int) -> Any:
+        """Decode item `index`; a ClipError when its file cannot be decoded."""
+        raise NotImplementedError
+
+    def _leave_out(self, index: int, error: ClipError) -> None:
+        """Mark a file that passed the scan but failed to decode (in this process)."""
+        self.unreadable.add(index)
+        self.skipped.append(str(error))
+        message = f"left out a file of {str(self.folder)!r} that failed to decode; another is served in its place:\n  {error}"
+        warnings.warn(message, SkippedFilesWarning, stacklevel=3)
+
+
+class VideoDataset(ScannedDataset):
     """Clips below a folder as `(channels, num_frames, image_size, image_size)` tensors in [0, 1].
 
     Clips are `.gif` files (Pillow), `.mp4`/`.webm`/`.avi`/`.mov` files (PyAV, the
@@ -201,7 +248,10 @@ class VideoDataset(torch_data.Dataset):
     - "loop": the clip repeated from its start.
     Unreadable files and one-frame clips are always left out. Everything left out is
     named, with the reason, in one `SkippedFilesWarning`; a folder with no usable clip
-    is a ValueError listing the supported formats.
+    is a ValueError listing the supported formats. The scan reads headers only, so a
+    clip damaged further in is found when first decoded: it is left out from then on
+    with one `SkippedFilesWarning` naming it, and the next readable clip is served in
+    its place (training goes on, and a resumed run does not stop at it).
 
     With `horizontal_flip`, each clip is mirrored with probability 1/2, all its frames
     alike. Random choices use torch's RNG (so `torch.manual_seed` and DataLoader worker
@@ -248,10 +298,8 @@ class VideoDataset(torch_data.Dataset):
         self.horizontal_flip, self.short_clips = horizontal_flip, short_clips
 
         candidates = find_files(self.folder, self.exts, frame_folders=frame_folders)
-        usable, self.skipped = _sift(candidates, self._usable_length)
-        _check_usable(self.folder, len(candidates), self.skipped, "clips", supported_formats(self.exts, frame_folders))
-        self.paths: list[Path] = [path for path, _ in usable]
-        self.frame_counts: list[int] = [length for _, length in usable]
+        formats = supported_formats(self.exts, frame_folders)
+        self.frame_counts: list[int] = self._scan(candidates, self._usable_length, "clips", formats)
         self.captions: list[str] | None = read_captions(self.paths)
         self.transform = frame_transform(image_size)
 
@@ -264,10 +312,7 @@ class VideoDataset(torch_data.Dataset):
             raise ClipError(f"{path}: {length} frames, fewer than num_frames={self.num_frames} (short_clips='skip')")
         return length
 
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, index: int) -> Tensor | tuple[Tensor, str]:
+    def _read_item(self, index: int) -> Tensor | tuple[Tensor, str]:
         path, length = self.paths[index], self.frame_counts[index]
         start = int(torch.randint(0, length - self.num_frames + 1, ())) if length > self.num_frames else 0
         stop = start + min(length, self.num_frames)  # a random window of consecutive frames
@@ -288,7 +333,7 @@ class VideoDataset(torch_data.Dataset):
         return clip[:, torch.arange(self.num_frames) % clip.shape[1]]  # "loop": 0, 1, .., n-1, 0, 1, ..
 
 
-class ImageDataset(torch_data.Dataset):
+class ImageDataset(ScannedDataset):
     """Images below a folder as `(channels, image_size, image_size)` tensors in [0, 1].
 
     For joint image-video training (paper §3): images are found recursively and sorted
@@ -315,19 +360,13 @@ class ImageDataset(torch_data.Dataset):
         self.image_size, self.channels, self.horizontal_flip = image_size, channels, horizontal_flip
         self.exts = _dotted(exts)
 
-        candidates = find_files(self.folder, self.exts)
-        usable, self.skipped = _sift(candidates, _probe_image)
-        _check_usable(self.folder, len(candidates), self.skipped, "images", f"{', '.join(self.exts)} files")
-        self.paths: list[Path] = [path for path, _ in usable]
+        self._scan(find_files(self.folder, self.exts), _probe_image, "images", f"{', '.join(self.exts)} files")
         self.transform = frame_transform(image_size)
 
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, index: int) -> Tensor:
+    def _read_item(self, index: int) -> Tensor:
         path = self.paths[index]
         with reading(path), Image.open(path) as image:
-            frame = self.transform(image.convert(self.mode))  # (c, image_size, image_size)
+            frame = self.transform(convert_image(image, self.channels))  # (c, image_size, image_size)
         return random_horizontal_flip(frame) if self.horizontal_flip else frame
 
 

@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
-from .files import atomic_path, atomic_write_text
+from .files import atomic_path, atomic_write_text, remove_temporary_files
 from .version import __version__
 
 CONFIG_NAME = "config.json"
@@ -139,6 +139,7 @@ class PretrainedMixin:
             "library_version": __version__,
         }
         folder.mkdir(parents=True, exist_ok=True)
+        remove_temporary_files(folder)  # left by a save that was killed
         with atomic_path(folder / WEIGHTS_NAME) as temporary:
             safetensors.torch.save_model(self, str(temporary))
         atomic_write_text(folder / CONFIG_NAME, json.dumps(description, indent=2) + "\n")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import os
 import socket
+import warnings
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -85,6 +86,13 @@ def _load_tokenizer(name: str):
 
 
 @functools.lru_cache(maxsize=None)
+def _load_config(name: str):
+    from transformers import AutoConfig
+
+    return _from_pretrained(AutoConfig, name)
+
+
+@functools.lru_cache(maxsize=None)
 def _load_bert(name: str):
     from transformers import AutoModel
 
@@ -101,14 +109,32 @@ def get_bert(model: str | None = None):
     return _load_bert(bert_model_name(model))
 
 
+def max_text_length(model: str | None = None) -> int:
+    """The most tokens, special ones included, that the BERT takes (512 for BERT-base)."""
+    positions = _load_config(bert_model_name(model)).max_position_embeddings
+    return min(positions, get_tokenizer(model).model_max_length)
+
+
 def tokenize(texts: str | list[str] | tuple[str, ...], add_special_tokens: bool = True, *, model: str | None = None) -> Tensor:
-    """Token ids `(b, n)` of one text or a list of texts, padded to the longest."""
+    """Token ids `(b, n)` of one text or a list of texts, padded to the longest.
+
+    A text longer than the BERT takes (`max_text_length`, 512 tokens for BERT-base) keeps
+    its first tokens, with a warning naming it.
+    """
     if isinstance(texts, str):
         texts = [texts]
     if not isinstance(texts, (list, tuple)) or not all(isinstance(t, str) for t in texts):
         raise TypeError(f"tokenize takes a string or a list of strings, got {type(texts).__name__}")
-    tokenizer = get_tokenizer(model)
-    encoding = tokenizer(list(texts), add_special_tokens=add_special_tokens, padding=True, return_tensors="pt")
+    if not texts:
+        raise ValueError("tokenize needs at least one text, got an empty list")
+    tokenizer, limit = get_tokenizer(model), max_text_length(model)
+    lengths = [len(ids) for ids in tokenizer(list(texts), add_special_tokens=add_special_tokens, verbose=False).input_ids]
+    if cut := [f"{text[:40]!r}... ({length} tokens)" for text, length in zip(texts, lengths) if length > limit]:
+        warnings.warn(f"{len(cut)} text(s) cut to BERT's {limit} tokens: {', '.join(cut)}", stacklevel=2)
+    encoding = tokenizer(
+        list(texts), add_special_tokens=add_special_tokens, padding=True, truncation=True, max_length=limit,
+        return_tensors="pt",
+    )  # fmt: skip
     return encoding.input_ids
 
 
@@ -127,6 +153,11 @@ def bert_embed(
     non-pad token after the first (CLS). Runs on the device of `token_ids`.
     """
     bert = get_bert(model).to(token_ids.device)
+    if token_ids.ndim != 2 or token_ids.shape[1] > bert.config.max_position_embeddings:
+        raise ValueError(
+            f"token_ids must be (batch, tokens) with at most {bert.config.max_position_embeddings} tokens, "
+            f"got {tuple(token_ids.shape)}: tokenize cuts longer texts"
+        )
     mask = token_ids != pad_id
     hidden = bert(input_ids=token_ids, attention_mask=mask).last_hidden_state  # (b, n, d)
 

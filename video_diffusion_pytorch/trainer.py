@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import os
 from contextlib import nullcontext
 from pathlib import Path
@@ -34,7 +35,7 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .data import video_tensor_to_gif
-from .files import atomic_write_text
+from .files import atomic_write_text, remove_temporary_files
 from .diffusion import GaussianDiffusion
 from .ema import EMA
 from .helpers import default, exists, num_to_groups
@@ -43,6 +44,10 @@ from .results import plot_losses, video_grid
 from .training_data import TrainingData
 
 logger = logging.getLogger(__name__)
+
+class NonFiniteLossError(ValueError):
+    """The training loss became NaN or infinite; the message names the step."""
+
 
 def noop(*args: Any, **kwargs: Any) -> None:
     """A `log_fn` that ignores its arguments."""
@@ -196,6 +201,7 @@ class Trainer:
         self.results_folder = Path(results_folder)
         if self.is_main:
             self.results_folder.mkdir(parents=True, exist_ok=True)
+            remove_temporary_files(self.results_folder)  # left by a run killed while saving
         self.reset_parameters()
 
     @property
@@ -279,6 +285,12 @@ class Trainer:
             while self.step < self.train_num_steps:
                 step = self.step
                 loss = self._train_step(batches, prob_focus_present, focus_present_mask)
+                if not math.isfinite(loss):  # the loss is on the host already: no extra sync
+                    raise NonFiniteLossError(
+                        f"the training loss is {loss} at step {step}: training stopped before any non-finite "
+                        f"weights were written (checkpoints in {self.results_folder} are intact); lower train_lr, "
+                        "set max_grad_norm, or check the data"
+                    )
                 if step % self.update_ema_every == 0:
                     self.step_ema()
                 self.step += 1

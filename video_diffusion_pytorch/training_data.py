@@ -11,6 +11,7 @@ import torch
 from einops import rearrange
 from torch import Tensor
 
+from .checks import check_finite, check_video_values
 from .data import ImageDataset, VideoDataset
 from .diffusion import GaussianDiffusion
 from .helpers import exists
@@ -116,6 +117,7 @@ class TrainingData:
                 f"the model takes videos (channels, frames, height, width) = {expected}, "
                 f"but the dataset yields {tuple(video.shape)}"
             )
+        check_video_values(video, "the training data's first video")  # fail at once, not at the first batch
         self.condition_kind = condition_kind(condition)
         _check_conditions(diffusion, self.condition_kind, condition, cond_drop_prob)
 
@@ -166,17 +168,21 @@ class TrainingData:
 
         while True:
             videos, condition = split_item(next(clips))
+            where = f"the training data's batch at stream position {self.position + self.rank}"
+            check_video_values(videos, f"{where}: videos")  # on the CPU, before the transfer
             self.position += self.batch_size * self.num_processes
             videos = videos.to(self.device)
             kwargs: dict[str, Any] = {}
             if self.condition_kind == "text":
                 kwargs["cond"] = self.caption_embeddings(condition).to(self.device)
             elif self.condition_kind == "vector":
+                check_finite(condition, f"{where}: cond")
                 kwargs["cond"] = condition.to(self.device)
             if self.has_cond:
                 kwargs["null_cond_prob"] = self.cond_drop_prob
             if exists(images):
                 image_batch, _ = split_item(next(images))
+                check_video_values(image_batch, f"the image data's batch at stream position {self.image_position + self.rank}")
                 self.image_position += self.batch_size * self.num_images_per_clip * self.num_processes
                 # (b * k, c, h, w) -> (b, c, k, h, w): k extra frames per clip
                 image_batch = rearrange(image_batch.to(self.device), "(b k) c h w -> b c k h w", b=videos.shape[0])

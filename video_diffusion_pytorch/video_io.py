@@ -20,16 +20,20 @@ from itertools import islice
 from pathlib import Path
 from typing import NamedTuple
 
+import numpy as np
 import torch
 import torchvision.transforms as T
 import torchvision.transforms.functional as TF
-from PIL import Image, ImageSequence
+from PIL import GifImagePlugin, Image, ImageSequence
 from torch import Tensor
 
 from .files import atomic_path
 
 CHANNELS_TO_MODE = {1: "L", 3: "RGB", 4: "RGBA"}
+SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I")  # how Pillow opens 16-bit grey images
 GIF_EXTENSION = ".gif"
+GIF_TRAILER = b";"
+GIF_TRANSPARENT_INDEX = 255  # the palette entry of transparent pixels in frames with alpha
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".avi", ".mov")  # need PyAV: the [video] extra
 SUPPORTED_EXTENSIONS = (GIF_EXTENSION, *VIDEO_EXTENSIONS)  # frame folders are accepted too
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
@@ -97,13 +101,14 @@ def reading(path: str | os.PathLike) -> Iterator[None]:
     """Turn the errors of a failing decoder into a `ClipError` naming `path`.
 
     Pillow and PyAV report damaged data through many exception types (OSError, EOFError,
-    SyntaxError, struct.error, ValueError, av.FFmpegError); callers catch one.
+    SyntaxError, struct.error, ValueError, av.FFmpegError, and IndexError from Pillow's
+    GIF reader on a file cut inside an extension block); callers catch one.
     """
     try:
         yield
     except ClipError:
         raise
-    except (OSError, ValueError, EOFError, SyntaxError, struct.error, *_av_errors()) as error:
+    except (OSError, ValueError, EOFError, SyntaxError, IndexError, struct.error, *_av_errors()) as error:
         raise ClipError(f"{path}: {error}") from error
 
 
@@ -115,11 +120,23 @@ def _av_errors() -> tuple[type[Exception], ...]:
 # ---------------------------------------------------------------- reading
 
 
+def convert_image(image: Image.Image, channels: int) -> Image.Image:
+    """`image` in the PIL mode of `channels`, 16-bit grey (PNG) scaled to 8 bits first.
+
+    Pillow converts 16-bit grey ("I;16", "I") to 8 bits by clipping at 255, which turns
+    most of a 16-bit frame white; dividing by 257 maps 0..65535 onto 0..255.
+    """
+    if image.mode in SIXTEEN_BIT_MODES:
+        values = np.asarray(image, dtype=np.float64) / 257  # (h, w), 0..65535 -> 0..255
+        image = Image.fromarray(values.round().clip(0, 255).astype(np.uint8))
+    return image.convert(channel_mode(channels))
+
+
 def seek_all_images(img: Image.Image, channels: int = 3) -> Iterator[Image.Image]:
     """Every frame of an (animated) PIL image, converted to the channel mode."""
-    mode = channel_mode(channels)
+    channel_mode(channels)
     for frame in ImageSequence.Iterator(img):
-        yield frame.convert(mode)
+        yield convert_image(frame, channels)
 
 
 def frames_to_tensor(frames: Iterable[Image.Image], transform: Callable = T.ToTensor()) -> Tensor:
@@ -198,7 +215,7 @@ def _count_frame_folder(path: Path) -> int:
 def _frame_folder_frames(path: Path, channels: int, start: int) -> Iterator[Image.Image]:
     for file in frame_files(path)[start:]:
         with Image.open(file) as image:
-            yield image.convert(channel_mode(channels))
+            yield convert_image(image, channels)
 
 
 def _video_stream(container, path: Path):
@@ -219,7 +236,7 @@ def _video_frames(path: Path, channels: int, start: int) -> Iterator[Image.Image
         stream = _video_stream(container, path)
         stream.thread_type = "AUTO"
         for frame in islice(container.decode(stream), start, None):  # decoding is sequential
-            yield frame.to_image().convert(channel_mode(channels))
+            yield convert_image(frame.to_image(), channels)
 
 
 GIF_FORMAT = ClipFormat(_count_gif, _gif_frames)
@@ -267,24 +284,44 @@ def tensor_to_images(tensor: Tensor) -> list[Image.Image]:
 def video_tensor_to_gif(
     tensor: Tensor, path: str | os.PathLike, duration: int = 120, loop: int = 0, optimize: bool = True
 ) -> list[Image.Image]:
-    """Write a `(c, f, h, w)` clip in [0, 1] as an animated GIF, atomically.
+    """Write a `(c, f, h, w)` clip in [0, 1] as an animated GIF of exactly f frames, atomically.
 
     `duration` is the display time of each frame in milliseconds (GIF stores hundredths
-    of a second), `loop` the number of repeats (0: forever). Returns the PIL frames.
-    1 (grey), 3 (RGB) and 4 (RGBA) channels are accepted; GIF keeps 256 colours per
-    frame and on/off transparency only (alpha below 0.5 becomes transparent). Pillow
-    stores a run of identical frames as one longer frame, keeping the timing.
+    of a second), `loop` the number of repeats (0: forever), `optimize` lets Pillow shrink
+    the first colour table (the others hold only the colours of their frame). Returns the PIL frames. 1 (grey), 3 (RGB)
+    and 4 (RGBA) channels are accepted; GIF keeps 256 colours per frame, so a clip of at
+    most 256 colours per frame reads back exactly (after rounding to uint8), and on/off
+    transparency only (alpha below 0.5 becomes transparent).
     """
     images = tensor_to_images(tensor)
-    first, *rest = images
-    # with transparency, each frame must clear the last one rather than draw over it
-    disposal = {"disposal": 2} if first.mode == "RGBA" else {}
+    (first, first_options), *rest = [_gif_frame(image) for image in images]
     with atomic_path(path) as temporary:
-        first.save(
-            temporary, format="GIF", save_all=True, append_images=rest,
-            duration=duration, loop=loop, optimize=optimize, **disposal,
-        )  # fmt: skip
+        first.save(temporary, format="GIF", duration=duration, loop=loop, optimize=optimize, **first_options)
+        # Pillow's animated-GIF writer (`save_all`) merges identical consecutive frames
+        # into one longer frame, which changes the frame count; its frame-level writer
+        # (`getdata`) appends every further frame as given, with its own colour table
+        with open(temporary, "r+b") as file:
+            file.seek(-len(GIF_TRAILER), os.SEEK_END)
+            for indexed, options in rest:
+                file.writelines(GifImagePlugin.getdata(indexed, include_color_table=True, duration=duration, **options))
+            file.write(GIF_TRAILER)
     return images
+
+
+def _gif_frame(image: Image.Image) -> tuple[Image.Image, dict[str, int]]:
+    """One frame as a palette image (256 colours), and its GIF options.
+
+    With alpha, colours take 255 entries and entry 255 marks the transparent pixels;
+    each frame then clears the last one (disposal 2) rather than draw over it.
+    """
+    if image.mode != "RGBA":
+        return image.convert("RGB").convert("P", palette=Image.Palette.ADAPTIVE), {}
+    indexed = image.convert("RGB").convert("P", palette=Image.Palette.ADAPTIVE, colors=GIF_TRANSPARENT_INDEX)
+    palette = indexed.getpalette()
+    indexed.putpalette(palette + [0, 0, 0] * (GIF_TRANSPARENT_INDEX + 1 - len(palette) // 3))
+    transparent = image.getchannel("A").point(lambda alpha: 255 if alpha < 128 else 0, "1")
+    indexed.paste(GIF_TRANSPARENT_INDEX, mask=transparent)
+    return indexed, {"transparency": GIF_TRANSPARENT_INDEX, "disposal": 2}
 
 
 def write_video(tensor: Tensor, path: str | os.PathLike, fps: int = 8) -> None:

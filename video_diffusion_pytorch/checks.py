@@ -1,0 +1,45 @@
+"""Checks of tensor values that never make the host wait for an accelerator.
+
+Reading a value of a GPU tensor on the host (`.item()`, `bool(...)`, `.all()`) stalls
+the device's queue, so these checks read the values of CPU tensors only (data is on the
+CPU before it is moved to the device) and check just the dtype of the others.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+RANGE_TOLERANCE = 1e-3  # rounding in a user's transforms may step this far outside [0, 1]
+
+
+def check_finite(tensor: Tensor, name: str) -> None:
+    """A ValueError when a CPU `tensor` holds NaN or infinite values (others: unchecked)."""
+    if tensor.device.type != "cpu" or not tensor.is_floating_point():
+        return
+    bad = int((~torch.isfinite(tensor)).sum())
+    if bad:
+        raise ValueError(f"{name} holds {bad} NaN or infinite value{'s' if bad > 1 else ''} among {tensor.numel()}")
+
+
+def check_video_values(videos: Tensor, name: str = "videos") -> None:
+    """Videos must be floating point in [0, 1]: a TypeError for another dtype (uint8
+    pixels included), a ValueError for NaN, infinity or values outside [0, 1] (0-255
+    pixels, or [-1, 1]); values are read only when `videos` is on the CPU."""
+    if not videos.is_floating_point():
+        hint = ": divide uint8 pixels by 255, videos.float() / 255" if videos.dtype == torch.uint8 else ""
+        raise TypeError(f"{name} must be floating point with values in [0, 1], got dtype {videos.dtype}{hint}")
+    check_finite(videos, name)
+    if videos.device.type != "cpu" or videos.numel() == 0:
+        return
+    low, high = (float(value) for value in torch.aminmax(videos))
+    if low < -RANGE_TOLERANCE or high > 1 + RANGE_TOLERANCE:
+        raise ValueError(f"{name} must hold values in [0, 1], got values from {low:.4g} to {high:.4g}{_range_hint(low, high)}")
+
+
+def _range_hint(low: float, high: float) -> str:
+    if high > 2:
+        return ": divide 0-255 pixels by 255"
+    if low < 0:
+        return ": map [-1, 1] to [0, 1] with (x + 1) / 2"
+    return ""

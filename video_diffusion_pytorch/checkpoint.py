@@ -21,6 +21,7 @@ import os
 import pickle
 import random
 import re
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -46,14 +47,39 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path} is not a readable checkpoint: the file is empty (0 bytes)")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, KeyError) as error:
-        # weights_only refusals, truncated archives, empty files and non-torch files
-        raise ValueError(f"{path} is not a readable checkpoint: {error}") from error
+    except pickle.UnpicklingError as error:
+        refusal = _refusal_reason(error)
+    except PermissionError:
+        raise
+    except (RuntimeError, EOFError, KeyError, OSError) as error:
+        raise ValueError(f"{path} is not a readable checkpoint, perhaps cut short or damaged ({error})") from error
+    else:
+        refusal = None
+    if refusal is not None:
+        # raised outside the `except` so that no chained error shows torch's advice to
+        # load with `weights_only=False`, which would run the file's code
+        if not zipfile.is_zipfile(path):
+            raise ValueError(f"{path} is not a readable checkpoint: it is not an archive written by torch.save")
+        raise ValueError(
+            f"{path} is not a readable checkpoint: it holds objects other than tensors, numbers, strings and containers "
+            f"of them ({refusal}), which are not loaded, since unpickling them could run code"
+        )
     if not isinstance(checkpoint, dict) or not {"step", "model", "ema"} <= checkpoint.keys():
         raise ValueError(f"{path} is not a Trainer checkpoint (a dict with 'step', 'model' and 'ema')")
     return checkpoint
+
+
+def _refusal_reason(error: pickle.UnpicklingError) -> str:
+    """What the weights-only unpickler refused (e.g. "Unsupported global: GLOBAL print ..."),
+    without torch's advice around it."""
+    paragraphs = re.split(r"\n\s*\n", str(error).replace("WeightsUnpickler error:", "\n\n"))
+    advice = ("weights_only", "Check the documentation", "Please file an issue")
+    reasons = [text.strip() for text in paragraphs if text.strip() and not any(word in text for word in advice)]
+    return reasons[0].split(". Please use")[0].rstrip(".") if reasons else "a pickled object"
 
 
 # ---------------------------------------------------------------- milestones

@@ -242,3 +242,71 @@ def test_token_ids_longer_than_bert_takes_are_refused(tiny_bert):
         bert_embed(torch.ones(1, 65, dtype=torch.long))
     with pytest.raises(ValueError, match="at least one text, got an empty list"):
         tokenize([])
+
+
+# ---------------------------------------------------------------- unreadable files, empty folders, bad arguments
+
+
+def test_an_unreadable_clip_is_left_out_with_a_warning_naming_it(tmp_path, monkeypatch):
+    for name in ("a", "b"):
+        video_tensor_to_gif(clip_with_repeats(num_frames=4, size=8), tmp_path / f"{name}.gif")
+    original_open = Image.open
+
+    def denied(path, *args, **kwargs):
+        if str(path).endswith("b.gif"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return original_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(Image, "open", denied)
+    with pytest.warns(SkippedFilesWarning, match=r"left out 1 of the 2 clips(?s:.*)b\.gif: \[Errno 13\] Permission denied"):
+        dataset = VideoDataset(tmp_path, image_size=8, num_frames=4)
+    assert [path.name for path in dataset.paths] == ["a.gif"]
+
+
+@pytest.mark.parametrize("layout", ["empty-subfolders", "hidden-only", "captions-only"])
+def test_a_folder_without_clips_is_one_error_listing_the_formats(tmp_path, layout):
+    if layout == "empty-subfolders":
+        (tmp_path / "x" / "y").mkdir(parents=True)
+    elif layout == "hidden-only":
+        (tmp_path / ".cache").mkdir()
+        video_tensor_to_gif(clip_with_repeats(), tmp_path / ".cache" / "clip.gif")
+        video_tensor_to_gif(clip_with_repeats(), tmp_path / ".clip.gif")
+    else:
+        (tmp_path / "clip.txt").write_text("a caption without its clip")
+    with pytest.raises(ValueError, match=r"no clips found in .*; supported: \.gif, \.mp4"):
+        VideoDataset(tmp_path, image_size=8)
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, message",
+    [
+        (dict(image_size=8.5), TypeError, r"image_size must be an integer >= 1, got 8\.5 \(float\)"),
+        (dict(image_size=0), ValueError, r"image_size must be an integer >= 1, got 0"),
+        (dict(image_size=8, num_frames="4"), TypeError, r"num_frames must be an integer >= 1, got '4' \(str\)"),
+        (dict(image_size=8, channels=True), ValueError, r"channels must be one of \[1, 3, 4\], got True"),
+    ],
+)
+def test_bad_dataset_arguments_name_the_argument(tmp_path, kwargs, error, message):
+    video_tensor_to_gif(clip_with_repeats(), tmp_path / "clip.gif")
+    with pytest.raises(error, match=message):
+        VideoDataset(tmp_path, **kwargs)
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, message",
+    [
+        (dict(num_clips=-1), ValueError, r"num_clips must be an integer >= 0, got -1"),
+        (dict(num_clips=2, num_frames=0), ValueError, r"num_frames must be an integer >= 1, got 0"),
+        (dict(num_clips=2, shape_size=float("nan")), ValueError, r"shape_size must be a finite number in \[0, 1\], got nan"),
+    ],
+)
+def test_bad_synthetic_arguments_name_the_argument(kwargs, error, message):
+    with pytest.raises(error, match=message):
+        moving_shapes(**kwargs)
+
+
+@pytest.mark.parametrize("fps, error", [(0, ValueError), (float("inf"), ValueError), ("8", TypeError)])
+def test_a_bad_frame_rate_writes_nothing(tmp_path, fps, error):
+    with pytest.raises(error, match="fps must be"):
+        write_video(clip_with_repeats(), tmp_path / "clip.gif", fps=fps)
+    assert list(tmp_path.iterdir()) == []

@@ -1,16 +1,45 @@
-"""Checks of tensor values that never make the host wait for an accelerator.
+"""Checks of arguments, and of tensor values without making the host wait for an accelerator.
 
 Reading a value of a GPU tensor on the host (`.item()`, `bool(...)`, `.all()`) stalls
-the device's queue, so these checks read the values of CPU tensors only (data is on the
-CPU before it is moved to the device) and check just the dtype of the others.
+the device's queue, so the tensor checks read the values of CPU tensors only (data is on
+the CPU before it is moved to the device) and check just the dtype of the others.
 """
 
 from __future__ import annotations
+
+import math
+from numbers import Real
+from typing import Any
 
 import torch
 from torch import Tensor
 
 RANGE_TOLERANCE = 1e-3  # rounding in a user's transforms may step this far outside [0, 1]
+
+# ---------------------------------------------------------------- arguments
+
+
+def check_int(name: str, value: Any, minimum: int = 1) -> int:
+    """`value` when it is an integer of at least `minimum`: else a TypeError (a float, a
+    string, a bool) or a ValueError naming `name`, what was expected and what came."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an integer >= {minimum}, got {value!r} ({type(value).__name__})")
+    if value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value}")
+    return value
+
+
+def check_number(name: str, value: Any, *, low: float = -math.inf, high: float = math.inf) -> float:
+    """`value` when it is a finite real number in [low, high]: else a TypeError or a ValueError
+    naming `name`, what was expected and what came (NaN and infinity included)."""
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise TypeError(f"{name} must be a number, got {value!r} ({type(value).__name__})")
+    if not (math.isfinite(value) and low <= value <= high):
+        raise ValueError(f"{name} must be a finite number in [{low}, {high}], got {value}")
+    return float(value)
+
+
+# ---------------------------------------------------------------- tensors
 
 
 def check_finite(tensor: Tensor, name: str) -> None:

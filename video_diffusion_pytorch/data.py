@@ -21,6 +21,7 @@ from PIL import Image
 from torch import Tensor
 from torch.utils import data as torch_data
 
+from .checks import check_int
 from .video_io import (
     CHANNELS_TO_MODE,
     IMAGE_EXTENSIONS,
@@ -286,8 +287,8 @@ class VideoDataset(ScannedDataset):
     ):
         super().__init__()
         channel_mode(channels)
-        if image_size < 1 or num_frames < 1:
-            raise ValueError(f"image_size and num_frames must be positive, got {image_size} and {num_frames}")
+        check_int("image_size", image_size)
+        check_int("num_frames", num_frames)
         if short_clips not in SHORT_CLIP_POLICIES:
             raise ValueError(f"short_clips must be one of {SHORT_CLIP_POLICIES}, got {short_clips!r}")
         self.exts = _dotted(exts)
@@ -354,8 +355,7 @@ class ImageDataset(ScannedDataset):
     ):
         super().__init__()
         self.mode = channel_mode(channels)
-        if image_size < 1:
-            raise ValueError(f"image_size must be positive, got {image_size}")
+        check_int("image_size", image_size)
         self.folder = _existing_folder(folder)
         self.image_size, self.channels, self.horizontal_flip = image_size, channels, horizontal_flip
         self.exts = _dotted(exts)

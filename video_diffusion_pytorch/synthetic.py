@@ -10,6 +10,8 @@ import torch
 from einops import rearrange
 from torch import Tensor
 
+from .checks import check_int, check_number
+
 
 def moving_shapes(
     num_clips: int,
@@ -30,6 +32,11 @@ def moving_shapes(
 
     Returns videos `(num_clips, channels, num_frames, image_size, image_size)` in [0, 1].
     """
+    check_int("num_clips", num_clips, minimum=0)
+    for name, value in dict(num_frames=num_frames, image_size=image_size, channels=channels, num_shapes=num_shapes).items():
+        check_int(name, value)
+    check_number("shape_size", shape_size, low=0, high=1)
+    check_number("max_speed", max_speed, low=0)
     g = generator
     n, s = num_clips * num_shapes, image_size
 

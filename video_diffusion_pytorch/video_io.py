@@ -27,6 +27,7 @@ import torchvision.transforms.functional as TF
 from PIL import GifImagePlugin, Image, ImageSequence
 from torch import Tensor
 
+from .checks import check_number
 from .files import atomic_path
 
 CHANNELS_TO_MODE = {1: "L", 3: "RGB", 4: "RGBA"}
@@ -62,7 +63,7 @@ class ClipError(ValueError):
 
 def channel_mode(channels: int) -> str:
     """The PIL mode for a channel count: 1 -> "L", 3 -> "RGB", 4 -> "RGBA"."""
-    if channels not in CHANNELS_TO_MODE:
+    if isinstance(channels, bool) or not isinstance(channels, int) or channels not in CHANNELS_TO_MODE:
         raise ValueError(f"channels must be one of {sorted(CHANNELS_TO_MODE)}, got {channels!r}")
     return CHANNELS_TO_MODE[channels]
 
@@ -333,7 +334,7 @@ def write_video(tensor: Tensor, path: str | os.PathLike, fps: int = 8) -> None:
     or 3-channel clips (grey is stored as RGB); a 4-channel clip is refused there, since
     they keep no alpha.
     """
-    if fps <= 0:
+    if check_number("fps", fps) <= 0:
         raise ValueError(f"fps must be positive, got {fps!r}")
     suffix = Path(path).suffix.lower()
     if suffix == GIF_EXTENSION:

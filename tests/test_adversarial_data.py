@@ -310,3 +310,12 @@ def test_a_bad_frame_rate_writes_nothing(tmp_path, fps, error):
     with pytest.raises(error, match="fps must be"):
         write_video(clip_with_repeats(), tmp_path / "clip.gif", fps=fps)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_clip_with_nan_is_not_written_as_black_frames(tmp_path):
+    clip = clip_with_repeats()
+    clip[0, 1, 2, 3] = float("nan")
+    for name in ("clip.gif", "clip.mp4"):
+        with pytest.raises(ValueError, match="the clip to write holds 1 NaN or infinite value among 3840"):
+            write_video(clip, tmp_path / name)
+    assert list(tmp_path.iterdir()) == []

@@ -27,7 +27,7 @@ import torchvision.transforms.functional as TF
 from PIL import GifImagePlugin, Image, ImageSequence
 from torch import Tensor
 
-from .checks import check_number
+from .checks import check_finite, check_number
 from .files import atomic_path
 
 CHANNELS_TO_MODE = {1: "L", 3: "RGB", 4: "RGBA"}
@@ -272,13 +272,19 @@ def clip_format_of(path: str | os.PathLike) -> ClipFormat:
 
 
 def tensor_to_images(tensor: Tensor) -> list[Image.Image]:
-    """A `(c, f, h, w)` clip in [0, 1] as f PIL images (modes L, RGB, RGBA), rounded to uint8."""
-    if tensor.ndim != 4 or tensor.shape[0] not in CHANNELS_TO_MODE or tensor.shape[1] == 0:
+    """A `(c, f, h, w)` clip in [0, 1] as f PIL images (modes L, RGB, RGBA), rounded to uint8.
+
+    Values outside [0, 1] are clipped; NaN or infinity (a diverged sample) is a ValueError,
+    not a black frame.
+    """
+    if not isinstance(tensor, Tensor) or tensor.ndim != 4 or tensor.shape[0] not in CHANNELS_TO_MODE or tensor.shape[1] == 0:
         raise ValueError(
             f"expected a clip of shape (channels in {sorted(CHANNELS_TO_MODE)}, frames > 0, height, width), "
-            f"got {tuple(tensor.shape)}"
+            f"got {tuple(tensor.shape) if isinstance(tensor, Tensor) else type(tensor).__name__}"
         )
-    pixels = (tensor.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).cpu()
+    clip = tensor.detach().cpu().float()
+    check_finite(clip, "the clip to write")
+    pixels = (clip.clamp(0, 1) * 255).round().to(torch.uint8)
     return [TF.to_pil_image(frame) for frame in pixels.unbind(dim=1)]  # (c, f, h, w) -> f x (c, h, w)
 
 

@@ -8,7 +8,7 @@ from safetensors import safe_open
 
 from tiny_training import TINY, make_diffusion, single_thread  # noqa: F401
 from video_diffusion_pytorch import GaussianDiffusion, Unet3D
-from video_diffusion_pytorch import hub
+from video_diffusion_pytorch import hub, pretrained
 
 
 def assert_same_function(a, b, cond=None):
@@ -34,7 +34,7 @@ def test_diffusion_round_trip_records_the_denoiser(tmp_path):
     diffusion.save_pretrained(tmp_path / "model")
     config = json.loads((tmp_path / "model" / "config.json").read_text())
     assert config["class"] == "GaussianDiffusion" and config["config"]["timesteps"] == 10
-    assert config["denoise_fn"] == {"class": "Unet3D", "config": {**hub._jsonable(diffusion.denoise_fn.config)}}
+    assert config["denoise_fn"] == {"class": "Unet3D", "config": {**pretrained.jsonable(diffusion.denoise_fn.config)}}
 
     loaded = GaussianDiffusion.from_pretrained(str(tmp_path / "model"))
     assert set(loaded.state_dict()) == set(diffusion.state_dict())

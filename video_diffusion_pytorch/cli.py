@@ -17,7 +17,8 @@ import torch
 
 from .checkpoint import checkpoint_path, list_milestones, load_checkpoint, resolve_milestone
 from .data import VideoDataset, write_video
-from .diffusion import OBJECTIVES, GaussianDiffusion
+from .diffusion import GaussianDiffusion
+from .process import OBJECTIVES
 from .schedules import BETA_SCHEDULES
 from .hub import build_model
 from .results import video_grid
@@ -130,15 +131,11 @@ def _sample(args: argparse.Namespace) -> int:
         diffusion.configure_sampling(args.sampling_steps, args.eta, sampler="ddim")
     elif args.eta != 0:
         raise UsageError("--eta is DDIM's noise scale: it needs --sampling-steps")
-    text_model = bool(getattr(diffusion.denoise_fn, "use_bert_text_cond", False))
-    if args.text and not text_model:
-        raise UsageError("--text given, but this model is not text-conditioned")
-    if text_model and not args.text:
-        raise UsageError("this model is text-conditioned: pass --text with one or more prompts")
-    if diffusion.has_cond and not text_model:
+    spec = diffusion.spec
+    if spec.conditional and not spec.text:
         raise UsageError("this model is conditioned on vectors (cond_dim): sample it from Python with cond=...")
-    if args.cond_scale != 1 and not diffusion.has_cond:
-        raise UsageError(f"--cond-scale {args.cond_scale} needs a conditional model; this one is unconditional")
+    spec.check_condition("text" if args.text else "none", cond_scale=args.cond_scale, source="cli")
+    text_model = spec.text
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     diffusion = diffusion.to(device).eval()

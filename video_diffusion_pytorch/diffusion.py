@@ -1,57 +1,56 @@
-"""GaussianDiffusion: the DDPM forward process, its learned reverse, loss and sampling
-(Ho et al. 2020; Video Diffusion Models, Ho et al. 2022)."""
+"""GaussianDiffusion: a denoising network trained and sampled on the Gaussian diffusion
+process (Ho et al. 2020; Video Diffusion Models, Ho et al. 2022).
+
+The process's tables and closed-form maths are `process.GaussianProcess`; the samplers are
+functions in `samplers`; the layout of longer videos is `generation`. This module joins
+them to the network: the objective and loss, guidance, and the public generation methods.
+"""
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-from einops import rearrange, reduce
 from torch import Tensor, nn
 
-from .conditioning import FrameCondition
-from .generation import VideoGeneration
-from .helpers import default, exists, extract, is_list_of_strings, normalize_to_neg_one_to_one
-from .hub import PretrainedMixin
-from .samplers import SAMPLERS, ancestral_step
-from .schedules import BETA_SCHEDULES
+from .conditioning import FrameCondition, frame_condition
+from .denoiser import DenoiserSpec, condition_kind
+from .generation import (
+    GenerationOptions,
+    check_context_frames,
+    conditioned_denoiser,
+    extension_layout,
+    fill_frames,
+    interpolate_latents,
+    interpolation_layout,
+)
+from .helpers import default, exists, extract, normalize_to_neg_one_to_one, unnormalize_to_zero_to_one
+from .pretrained import PretrainedMixin, records_config
+from .process import GaussianProcess
+from .samplers import Denoiser, ancestral_step, resolve_sampler, run_sampler, spaced_timesteps
 from .text import embed_texts
+from .unet import Unet3D
 
-LOSS_TYPES = ("l1", "l2")
-OBJECTIVES = ("pred_noise", "pred_x0", "pred_v")
-
-
-class GaussianDiffusion(VideoGeneration, PretrainedMixin, nn.Module):
+class GaussianDiffusion(PretrainedMixin, GaussianProcess):
     """Gaussian diffusion over videos `(b, channels, num_frames, image_size, image_size)`.
 
     Videos enter `forward` in [0, 1] and are mapped to [-1, 1]; `sample` returns [0, 1].
-    With the default arguments it is the original library's model, step for step. This
-    module holds the maths (schedule, q and p, parametrisations, loss); the generation
-    methods (`sample`, `interpolate`, `extend`, `predict`, `interpolate_frames`) come
-    from `generation.VideoGeneration`.
+    With the default arguments it is the original library's model, step for step.
 
     Args:
-        denoise_fn: the denoising network, a `Unet3D`.
+        denoise_fn: the denoising network, a `Unet3D` (or any module keeping the contract
+            in `video_diffusion_pytorch.denoiser`).
         image_size: height and width of the videos.
         num_frames: frames per video.
         text_use_bert_cls: embed text conditions with BERT's CLS vector instead of the
             mean over tokens.
         channels: video channels.
-        timesteps: diffusion steps T.
-        loss_type: 'l1' or 'l2' between the target and the network's output.
-        use_dynamic_thres: dynamic thresholding of the predicted `x_0` (Imagen, Saharia
-            et al. 2022, §2.3) instead of clipping to [-1, 1].
-        dynamic_thres_percentile: the quantile of `|x_0|` used as threshold.
         bert_model: BERT for text conditions (a Hugging Face name or local folder); see
             `video_diffusion_pytorch.text`.
-        objective: what the network predicts: 'pred_noise' (eps, the original), 'pred_x0'
-            (the clean video) or 'pred_v' (`v = sqrt(abar) eps - sqrt(1 - abar) x_0`,
-            Salimans & Ho 2022, §4).
-        beta_schedule: 'cosine' (the original), 'linear' or 'sigmoid'; see `schedules`.
-        min_snr_loss_weight: weight the loss per sample by the clipped signal-to-noise
-            ratio (Min-SNR, Hang et al. 2023, §3.4).
-        min_snr_gamma: the clip of Min-SNR weighting, gamma.
+        timesteps, beta_schedule, objective, loss_type, min_snr_loss_weight, min_snr_gamma,
+        use_dynamic_thres, dynamic_thres_percentile: the process and its training
+            objective, see `process.GaussianProcess`.
         sampling_timesteps: network evaluations per sample (default T); fewer than T
             samples with DDIM over evenly spaced steps (or the solver in `sampler`).
         ddim_sampling_eta: DDIM's noise scale in [0, 1] (Song et al. 2021, eq. 16): 0 is
@@ -60,6 +59,9 @@ class GaussianDiffusion(VideoGeneration, PretrainedMixin, nn.Module):
             sampling steps, else 'ddim'.
     """
 
+    module_classes = {"denoise_fn": Unet3D}  # how a saved description rebuilds the denoiser
+
+    @records_config
     def __init__(
         self,
         denoise_fn: nn.Module,
@@ -81,30 +83,13 @@ class GaussianDiffusion(VideoGeneration, PretrainedMixin, nn.Module):
         ddim_sampling_eta: float = 0.0,
         sampler: str | None = None,
     ):
-        super().__init__()
-        if loss_type not in LOSS_TYPES:
-            raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {loss_type!r}")
-        if timesteps < 1:
-            raise ValueError(f"timesteps must be at least 1, got {timesteps}")
-        if not 0 < dynamic_thres_percentile <= 1:
-            raise ValueError(f"dynamic_thres_percentile must be in (0, 1], got {dynamic_thres_percentile}")
-        denoiser_channels = getattr(denoise_fn, "channels", channels)
-        if denoiser_channels != channels:
-            raise ValueError(f"denoise_fn takes {denoiser_channels} channels but channels={channels}")
-        if objective not in OBJECTIVES:
-            raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
-        if beta_schedule not in BETA_SCHEDULES:
-            raise ValueError(f"beta_schedule must be one of {tuple(BETA_SCHEDULES)}, got {beta_schedule!r}")
-        if not min_snr_gamma > 0:
-            raise ValueError(f"min_snr_gamma must be positive, got {min_snr_gamma}")
-
-        self.config: dict[str, Any] = dict(
-            image_size=image_size, num_frames=num_frames, text_use_bert_cls=text_use_bert_cls,
-            channels=channels, timesteps=timesteps, loss_type=loss_type,
-            use_dynamic_thres=use_dynamic_thres, dynamic_thres_percentile=dynamic_thres_percentile,
-            bert_model=bert_model, objective=objective, beta_schedule=beta_schedule,
+        spec = DenoiserSpec.of(denoise_fn)
+        if spec.channels != channels:
+            raise ValueError(f"denoise_fn takes {spec.channels} channels but channels={channels}")
+        super().__init__(
+            timesteps, beta_schedule=beta_schedule, objective=objective, loss_type=loss_type,
             min_snr_loss_weight=min_snr_loss_weight, min_snr_gamma=min_snr_gamma,
-            sampling_timesteps=sampling_timesteps, ddim_sampling_eta=ddim_sampling_eta, sampler=sampler,
+            use_dynamic_thres=use_dynamic_thres, dynamic_thres_percentile=dynamic_thres_percentile,
         )  # fmt: skip
         self.channels = channels
         self.image_size = image_size
@@ -112,43 +97,7 @@ class GaussianDiffusion(VideoGeneration, PretrainedMixin, nn.Module):
         self.denoise_fn = denoise_fn
         self.text_use_bert_cls = text_use_bert_cls
         self.bert_model = bert_model
-        self.loss_type = loss_type
-        self.use_dynamic_thres = use_dynamic_thres
-        self.dynamic_thres_percentile = dynamic_thres_percentile
-        self.objective = objective
-        self.min_snr_loss_weight = min_snr_loss_weight
-        self.min_snr_gamma = min_snr_gamma
-        self.num_timesteps = int(timesteps)
         self.configure_sampling(sampling_timesteps, ddim_sampling_eta, sampler)
-
-        betas = BETA_SCHEDULES[beta_schedule](timesteps)
-        alphas = 1.0 - betas
-        alphas_cumprod = torch.cumprod(alphas, dim=0)
-        alphas_cumprod_prev = F.pad(alphas_cumprod[:-1], (1, 0), value=1.0)
-
-        def register_buffer(name: str, value: Tensor) -> None:
-            self.register_buffer(name, value.to(torch.float32))
-
-        register_buffer("betas", betas)
-        register_buffer("alphas_cumprod", alphas_cumprod)
-        register_buffer("alphas_cumprod_prev", alphas_cumprod_prev)
-
-        # q(x_t | x_0) (Ho et al. 2020, eq. 4)
-        register_buffer("sqrt_alphas_cumprod", torch.sqrt(alphas_cumprod))
-        register_buffer("sqrt_one_minus_alphas_cumprod", torch.sqrt(1.0 - alphas_cumprod))
-        register_buffer("log_one_minus_alphas_cumprod", torch.log(1.0 - alphas_cumprod))
-        register_buffer("sqrt_recip_alphas_cumprod", torch.sqrt(1.0 / alphas_cumprod))
-        register_buffer("sqrt_recipm1_alphas_cumprod", torch.sqrt(1.0 / alphas_cumprod - 1))
-
-        # q(x_{t-1} | x_t, x_0) (Ho et al. 2020, eq. 6-7)
-        posterior_variance = betas * (1.0 - alphas_cumprod_prev) / (1.0 - alphas_cumprod)
-        register_buffer("posterior_variance", posterior_variance)
-        # the variance is 0 at t = 0, so the log is clamped
-        register_buffer("posterior_log_variance_clipped", torch.log(posterior_variance.clamp(min=1e-20)))
-        register_buffer("posterior_mean_coef1", betas * torch.sqrt(alphas_cumprod_prev) / (1.0 - alphas_cumprod))
-        register_buffer(
-            "posterior_mean_coef2", (1.0 - alphas_cumprod_prev) * torch.sqrt(alphas) / (1.0 - alphas_cumprod)
-        )
 
     def configure_sampling(
         self, sampling_timesteps: int | None = None, ddim_sampling_eta: float = 0.0, sampler: str | None = None
@@ -158,39 +107,25 @@ class GaussianDiffusion(VideoGeneration, PretrainedMixin, nn.Module):
         steps without being rebuilt. Training is unaffected; `config` (and so a saved
         model) records the choice."""
         steps = default(sampling_timesteps, self.num_timesteps)
-        self.sampler = self._check_sampler(sampler, steps, self.num_timesteps, ddim_sampling_eta)
+        self.sampler = resolve_sampler(sampler, steps, self.num_timesteps, ddim_sampling_eta)
         self.sampling_timesteps = steps
         self.ddim_sampling_eta = ddim_sampling_eta
         self.config.update(sampling_timesteps=sampling_timesteps, ddim_sampling_eta=ddim_sampling_eta, sampler=sampler)
 
-    # ------------------------------------------------------------ boundary checks
-
-    @staticmethod
-    def _check_sampler(sampler: str | None, steps: int, timesteps: int, eta: float) -> str:
-        """The sampler to use, checked against the number of steps and DDIM's eta."""
-        if not 1 <= steps <= timesteps:
-            raise ValueError(f"sampling_timesteps must be in [1, timesteps={timesteps}], got {steps}")
-        if not 0 <= eta <= 1:
-            raise ValueError(f"ddim_sampling_eta must be in [0, 1], got {eta}")
-        sampler = default(sampler, "ancestral" if steps == timesteps else "ddim")
-        if sampler not in SAMPLERS:
-            raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
-        if sampler == "ancestral" and steps != timesteps:
-            raise ValueError(
-                f"the ancestral sampler takes every one of the {timesteps} steps, got sampling_timesteps={steps}; "
-                "use sampler='ddim' with ddim_sampling_eta=1 for ancestral-like sampling in fewer steps"
-            )
-        if sampler != "ddim" and eta != 0:
-            raise ValueError(f"ddim_sampling_eta={eta} applies to sampler='ddim' only, got sampler={sampler!r}")
-        return sampler
+    # ------------------------------------------------------------ the denoiser and its conditions
 
     @property
     def device(self) -> torch.device:
         return self.betas.device
 
     @property
+    def spec(self) -> DenoiserSpec:
+        """What the denoiser takes (`video_diffusion_pytorch.denoiser`)."""
+        return DenoiserSpec.of(self.denoise_fn)
+
+    @property
     def has_cond(self) -> bool:
-        return bool(getattr(self.denoise_fn, "has_cond", False))
+        return self.spec.conditional
 
     def _video_shape(self, batch: int | str = "b", frames: int | str | None = None) -> tuple:
         return (batch, self.channels, default(frames, self.num_frames), self.image_size, self.image_size)
@@ -206,103 +141,181 @@ class GaussianDiffusion(VideoGeneration, PretrainedMixin, nn.Module):
             )
 
     def _embed_cond(self, cond: Any, device: torch.device) -> Tensor | None:
-        """Turn a list of strings into BERT embeddings; check the model accepts strings."""
-        if isinstance(cond, str):
-            cond = [cond]
-        if not is_list_of_strings(cond):
+        """Turn text (a string or a list of strings) into BERT embeddings `(b, cond_dim)`."""
+        if condition_kind(cond) != "text":
             return cond
-        if not getattr(self.denoise_fn, "use_bert_text_cond", False):
-            raise TypeError(
-                "got text conditions, but the denoiser is not text-conditioned: build it with "
-                "Unet3D(..., use_bert_text_cond=True), or pass embeddings as a tensor"
-            )
+        self.spec.check_condition("text")
         # sampling runs in inference mode: BERT, loaded on first use, must not be made of
         # inference tensors (training would fail later), nor the embedding (autograd in
         # reconstruction guidance uses it)
+        texts = [cond] if isinstance(cond, str) else list(cond)
         with torch.inference_mode(False):
-            return embed_texts(cond, return_cls_repr=self.text_use_bert_cls, device=device, model=self.bert_model)
-
-    def _check_guidance(self, cond_scale: float) -> None:
-        if cond_scale != 1 and not self.has_cond:
-            raise ValueError(
-                f"cond_scale={cond_scale} asks for classifier-free guidance, but the denoiser is "
-                "unconditional; use cond_scale=1"
-            )
+            return embed_texts(texts, return_cls_repr=self.text_use_bert_cls, device=device, model=self.bert_model)
 
     def _prepare_cond(self, cond: Any, cond_scale: float, batch: int | None) -> tuple[Tensor | None, int | None]:
-        """Check guidance, embed strings, require cond on a conditional model; returns the
+        """Check a call's conditioning once against the denoiser, embed text; returns the
         conditioning and the batch size (from cond when given, else `batch`)."""
-        self._check_guidance(cond_scale)
-        cond = self._embed_cond(cond, self.device)
-        if self.has_cond and not exists(cond):
-            raise ValueError("this model is conditional: pass cond (a tensor or, for text models, a list of strings)")
-        if exists(cond) and exists(batch) and cond.shape[0] != batch:
-            raise ValueError(f"cond has {cond.shape[0]} rows but the videos have batch size {batch}")
-        return cond, cond.shape[0] if exists(cond) else batch
+        kind = condition_kind(cond)
+        rows = None if kind == "none" else (1 if isinstance(cond, str) else len(cond))
+        shape = tuple(cond.shape) if kind == "vector" else (rows,)
+        self.spec.check_condition(kind, shape=shape, rows=batch, cond_scale=cond_scale)
+        return self._embed_cond(cond, self.device), default(rows, batch)
 
-    # ------------------------------------------------------------ forward process q
+    # ------------------------------------------------------------ sampling
 
-    def q_mean_variance(self, x_start: Tensor, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Mean, variance and log variance of q(x_t | x_0) (Ho et al. 2020, eq. 4)."""
-        mean = extract(self.sqrt_alphas_cumprod, t, x_start.shape) * x_start
-        variance = extract(1.0 - self.alphas_cumprod, t, x_start.shape)
-        log_variance = extract(self.log_one_minus_alphas_cumprod, t, x_start.shape)
-        return mean, variance, log_variance
+    def _denoiser(
+        self,
+        cond: Tensor | None,
+        cond_scale: float,
+        condition: FrameCondition | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Denoiser:
+        """`(x_t, t) -> (x_start, pred_noise)` for the samplers (`generation.conditioned_denoiser`)."""
+        predict = partial(self.model_predictions, cond=cond, cond_scale=cond_scale, condition=condition)
+        return conditioned_denoiser(predict, self.q_sample, condition, generator)
 
-    def q_sample(self, x_start: Tensor, t: Tensor, noise: Tensor | None = None) -> Tensor:
-        """Sample x_t ~ q(x_t | x_0): `sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps` (eq. 4)."""
-        noise = default(noise, lambda: torch.randn_like(x_start))
-        return (
-            extract(self.sqrt_alphas_cumprod, t, x_start.shape) * x_start
-            + extract(self.sqrt_one_minus_alphas_cumprod, t, x_start.shape) * noise
+    @torch.inference_mode()
+    def p_sample_loop(
+        self,
+        shape: tuple[int, ...],
+        cond: Tensor | None = None,
+        cond_scale: float = 1.0,
+        *,
+        condition: FrameCondition | None = None,
+        generator: torch.Generator | None = None,
+        progress: bool = True,
+    ) -> Tensor:
+        """Sample from pure noise with the configured sampler (all T ancestral steps by
+        default); returns videos in [0, 1]. `condition` holds known values to generate around."""
+        noise = torch.randn(shape, generator=generator, device=self.device)
+        denoise = self._denoiser(cond, cond_scale, condition, generator)
+        img = run_sampler(
+            self.sampler, denoise, noise, spaced_timesteps(self.num_timesteps, self.sampling_timesteps),
+            alphas_cumprod=self.alphas_cumprod, q_posterior=self.q_posterior, eta=self.ddim_sampling_eta,
+            generator=generator, progress=progress,
+        )  # fmt: skip
+        img = unnormalize_to_zero_to_one(img)
+        return condition.paste(img) if exists(condition) else img
+
+    @torch.inference_mode()
+    def sample(
+        self,
+        cond: Tensor | list[str] | None = None,
+        cond_scale: float = 1.0,
+        batch_size: int = 16,
+        *,
+        known: Tensor | None = None,
+        known_mask: Tensor | None = None,
+        **options: Any,
+    ) -> Tensor:
+        """Generate videos `(b, channels, num_frames, image_size, image_size)` in [0, 1].
+
+        Args:
+            cond, cond_scale: conditioning and guidance (`GenerationOptions`); `cond` sets the
+                batch size when given.
+            batch_size: number of videos for an unconditional model without `known`.
+            known: videos in [0, 1] holding the values to keep (Ho et al. 2022, §3.1); sets
+                the batch size. The returned videos hold them exactly where `known_mask` is True.
+            known_mask: bool, True where `known` holds a value to keep: whole frames as
+                `(b or 1, 1, num_frames, 1, 1)`, or single values as `known`'s shape.
+            options: `method`, `w_r`, `generator`, `progress` (see `GenerationOptions`).
+        """
+        options = GenerationOptions(cond=cond, cond_scale=cond_scale, **options)
+        if exists(known) != exists(known_mask):
+            raise ValueError("pass known and known_mask together (or neither)")
+        batch = known.shape[0] if isinstance(known, Tensor) else None
+        cond, batch = self._prepare_cond(cond, cond_scale, batch)
+        condition = self._frame_condition(known, known_mask, options, self.num_frames) if exists(known) else None
+        return self.p_sample_loop(
+            self._video_shape(default(batch, batch_size)), cond=cond, cond_scale=cond_scale,
+            condition=condition, generator=options.generator, progress=options.progress,
+        )  # fmt: skip
+
+    def _frame_condition(self, known: Tensor, known_mask: Tensor, options: GenerationOptions, frames: int) -> FrameCondition:
+        video_shape = self._video_shape(frames=frames)[1:]
+        return frame_condition(
+            known, known_mask, video_shape=video_shape, method=options.method, w_r=options.w_r, device=self.device
         )
 
-    def q_posterior(self, x_start: Tensor, x_t: Tensor, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Mean, variance, clipped log variance of q(x_{t-1} | x_t, x_0) (eq. 6-7)."""
-        posterior_mean = (
-            extract(self.posterior_mean_coef1, t, x_t.shape) * x_start
-            + extract(self.posterior_mean_coef2, t, x_t.shape) * x_t
-        )
-        posterior_variance = extract(self.posterior_variance, t, x_t.shape)
-        posterior_log_variance = extract(self.posterior_log_variance_clipped, t, x_t.shape)
-        return posterior_mean, posterior_variance, posterior_log_variance
+    @torch.inference_mode()
+    def interpolate(
+        self,
+        x1: Tensor,
+        x2: Tensor,
+        t: int | None = None,
+        lam: float = 0.5,
+        *,
+        cond: Tensor | list[str] | None = None,
+        cond_scale: float = 1.0,
+        generator: torch.Generator | None = None,
+        progress: bool = True,
+    ) -> Tensor:
+        """Interpolate two batches of videos in [0, 1] in latent space: noise both to step `t`
+        in [0, T) (default T - 1), mix as `(1 - lam) * x1 + lam * x2` and denoise back (the
+        DDPM paper's §4.3; `generation.interpolate_latents`). Keywords as in
+        `GenerationOptions`. For new frames between given ones, see `interpolate_frames`."""
+        self._check_videos(x1, "x1")
+        self._check_videos(x2, "x2")
+        if x1.shape != x2.shape:
+            raise ValueError(f"x1 and x2 must have the same shape, got {tuple(x1.shape)} and {tuple(x2.shape)}")
+        t = default(t, self.num_timesteps - 1)
+        if not 0 <= t < self.num_timesteps:
+            raise ValueError(f"t must be in [0, {self.num_timesteps}), got {t}")
+        cond, _ = self._prepare_cond(cond, cond_scale, x1.shape[0])
 
-    # ------------------------------------------------------------ parametrisations (eps, x_0, v)
+        return interpolate_latents(
+            self._denoiser(cond, cond_scale, generator=generator), x1, x2, t=t, lam=lam, q_sample=self.q_sample,
+            q_posterior=self.q_posterior, generator=generator, progress=progress,
+        )  # fmt: skip
 
-    def predict_start_from_noise(self, x_t: Tensor, t: Tensor, noise: Tensor) -> Tensor:
-        """x_0 from x_t and the noise in it: `(x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t)` (eq. 4 inverted)."""
-        return (
-            extract(self.sqrt_recip_alphas_cumprod, t, x_t.shape) * x_t
-            - extract(self.sqrt_recipm1_alphas_cumprod, t, x_t.shape) * noise
-        )
+    # ------------------------------------------------------------ longer videos from known frames
 
-    def predict_noise_from_start(self, x_t: Tensor, t: Tensor, x_start: Tensor) -> Tensor:
-        """eps from x_t and x_0: `(x_t / sqrt(abar_t) - x_0) / sqrt(1 / abar_t - 1)` (eq. 4 inverted)."""
-        return (extract(self.sqrt_recip_alphas_cumprod, t, x_t.shape) * x_t - x_start) / extract(
-            self.sqrt_recipm1_alphas_cumprod, t, x_t.shape
-        )
+    @torch.inference_mode()
+    def _fill_frames(self, videos: Tensor, known_frames: list[bool], context_frames: int, options: GenerationOptions) -> Tensor:
+        """Generate the unknown frames of `videos` block by block (`generation.fill_frames`),
+        each block a sample of `num_frames` frames conditioned on the frames already there."""
+        cond, _ = self._prepare_cond(options.cond, options.cond_scale, videos.shape[0])
 
-    def predict_v(self, x_start: Tensor, t: Tensor, noise: Tensor) -> Tensor:
-        """The velocity `v = sqrt(abar_t) eps - sqrt(1 - abar_t) x_0` (Salimans & Ho 2022, §4)."""
-        return (
-            extract(self.sqrt_alphas_cumprod, t, x_start.shape) * noise
-            - extract(self.sqrt_one_minus_alphas_cumprod, t, x_start.shape) * x_start
-        )
+        def sample_block(block: Tensor, mask: Tensor) -> Tensor:
+            return self.p_sample_loop(
+                self._video_shape(block.shape[0], block.shape[2]), cond=cond, cond_scale=options.cond_scale,
+                condition=self._frame_condition(block, mask, options, block.shape[2]),
+                generator=options.generator, progress=options.progress,
+            )  # fmt: skip
 
-    def predict_start_from_v(self, x_t: Tensor, t: Tensor, v: Tensor) -> Tensor:
-        """x_0 from x_t and v: `sqrt(abar_t) x_t - sqrt(1 - abar_t) v` (Salimans & Ho 2022, §4)."""
-        return (
-            extract(self.sqrt_alphas_cumprod, t, x_t.shape) * x_t
-            - extract(self.sqrt_one_minus_alphas_cumprod, t, x_t.shape) * v
-        )
+        return fill_frames(
+            videos.to(self.device), known_frames, window=self.num_frames, context_frames=context_frames,
+            sample_block=sample_block,
+        )  # fmt: skip
 
-    def predict_start_from_output(self, x_t: Tensor, t: Tensor, model_output: Tensor) -> Tensor:
-        """x_0 from the network's output under `self.objective`."""
-        if self.objective == "pred_noise":
-            return self.predict_start_from_noise(x_t, t, model_output)
-        if self.objective == "pred_v":
-            return self.predict_start_from_v(x_t, t, model_output)
-        return model_output
+    def extend(self, videos: Tensor, num_frames: int, *, context_frames: int | None = None, **options: Any) -> Tensor:
+        """Lengthen videos `(b, channels, f, image_size, image_size)` in [0, 1] to `num_frames`
+        >= f frames autoregressively (Ho et al. 2022, §3.1, §4.3): each new block of the model's
+        frames is sampled conditioned on the last `context_frames` made so far (in [1, model
+        frames), default half). Keywords: `GenerationOptions`. The first f frames are `videos`."""
+        options = GenerationOptions(**options)
+        self._check_videos(videos, frames="f")
+        context_frames = check_context_frames(context_frames, self.num_frames)
+        spread, known = extension_layout(videos, num_frames)
+        return self._fill_frames(spread, known, context_frames, options)
+
+    def predict(self, first_frames: Tensor, num_frames: int | None = None, **kwargs: Any) -> Tensor:
+        """Video prediction: continue `first_frames` (b, channels, f, h, w) in [0, 1] to
+        `num_frames` frames (default the model's); keywords as in `extend`."""
+        return self.extend(first_frames, default(num_frames, self.num_frames), **kwargs)
+
+    def interpolate_frames(self, videos: Tensor, factor: int, **options: Any) -> Tensor:
+        """Temporal interpolation (Ho et al. 2022, §3.1): put `factor - 1` new frames between
+        every two consecutive frames of videos `(b, channels, f >= 2, image_size, image_size)` in
+        [0, 1]; `factor` in [2, model frames - 1], so that a gap and both of its ends fit in one
+        block. Keywords: `GenerationOptions`. Returns `(f - 1) * factor + 1` frames, input frame
+        i at `i * factor`."""
+        options = GenerationOptions(**options)
+        self._check_videos(videos, frames="f")
+        spread, known = interpolation_layout(videos, factor, self.num_frames)
+        return self._fill_frames(spread, known, check_context_frames(None, self.num_frames), options)
+
+    # ------------------------------------------------------------ predictions and loss
 
     def model_predictions(
         self,
@@ -331,18 +344,6 @@ class GaussianDiffusion(VideoGeneration, PretrainedMixin, nn.Module):
 
     # ------------------------------------------------------------ reverse process p
 
-    def _clip_start(self, x_start: Tensor) -> Tensor:
-        """Clip the predicted x_0 to [-1, 1], or with dynamic thresholding to [-s, s] / s
-        where s is a per-sample quantile of |x_0|, at least 1 (Imagen, §2.3)."""
-        s = 1.0
-        if self.use_dynamic_thres:
-            # (b, c, f, h, w) -> (b, c*f*h*w) -> (b,)
-            s = torch.quantile(
-                rearrange(x_start, "b ... -> b (...)").abs(), self.dynamic_thres_percentile, dim=-1
-            )
-            s = s.clamp(min=1.0).view(-1, *((1,) * (x_start.ndim - 1)))
-        return x_start.clamp(-s, s) / s
-
     def p_mean_variance(
         self, x: Tensor, t: Tensor, clip_denoised: bool, cond: Tensor | None = None, cond_scale: float = 1.0
     ) -> tuple[Tensor, Tensor, Tensor]:
@@ -368,19 +369,6 @@ class GaussianDiffusion(VideoGeneration, PretrainedMixin, nn.Module):
 
     # ------------------------------------------------------------ training
 
-    def min_snr_weight(self, t: Tensor) -> Tensor:
-        """Min-SNR-gamma loss weights `(b,)` (Hang et al. 2023, eq. 10 and §3.4), with
-        `snr_t = abar_t / (1 - abar_t)`: `min(snr, gamma) / snr` when predicting eps,
-        `min(snr, gamma)` for x_0 and `min(snr, gamma) / (snr + 1)` for v."""
-        alphas_cumprod = self.alphas_cumprod.gather(-1, t)
-        snr = alphas_cumprod / (1 - alphas_cumprod)
-        clipped_snr = snr.clamp(max=self.min_snr_gamma)
-        if self.objective == "pred_noise":
-            return clipped_snr / snr
-        if self.objective == "pred_v":
-            return clipped_snr / (snr + 1)
-        return clipped_snr
-
     def p_losses(
         self, x_start: Tensor, t: Tensor, cond: Tensor | list[str] | None = None, noise: Tensor | None = None, **kwargs
     ) -> Tensor:
@@ -393,18 +381,7 @@ class GaussianDiffusion(VideoGeneration, PretrainedMixin, nn.Module):
         cond = self._embed_cond(cond, x_start.device)
         model_output = self.denoise_fn(x_noisy, t, cond=cond, **kwargs)
 
-        if self.objective == "pred_noise":
-            target = noise
-        elif self.objective == "pred_x0":
-            target = x_start
-        else:
-            target = self.predict_v(x_start, t, noise)
-
-        distance = F.l1_loss if self.loss_type == "l1" else F.mse_loss
-        if not self.min_snr_loss_weight:
-            return distance(target, model_output)
-        loss = reduce(distance(target, model_output, reduction="none"), "b ... -> b", "mean")
-        return (loss * self.min_snr_weight(t)).mean()
+        return self.loss(model_output, self.training_target(x_start, t, noise), t)
 
     def forward(self, videos: Tensor, *args, **kwargs) -> Tensor:
         """Training loss for videos in [0, 1] of shape `(b, channels, num_frames, image_size,

@@ -25,10 +25,6 @@ def cast_tuple(value: Any, length: int = 1) -> tuple:
     return value if isinstance(value, tuple) else (value,) * length
 
 
-def is_list_of_strings(value: Any) -> bool:
-    return isinstance(value, (list, tuple)) and len(value) > 0 and all(isinstance(v, str) for v in value)
-
-
 def extract(table: Tensor, t: Tensor, x_shape: torch.Size) -> Tensor:
     """Gather `table[t]` for a batch of timesteps and shape it to broadcast over `x_shape`.
 
@@ -36,6 +32,12 @@ def extract(table: Tensor, t: Tensor, x_shape: torch.Size) -> Tensor:
     """
     out = table.gather(-1, t)
     return out.reshape(t.shape[0], *((1,) * (len(x_shape) - 1)))
+
+
+def randn(like: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """Standard normal noise of `like`'s shape, dtype and device, drawn from `generator`
+    (the global generator when None); `torch.randn_like` takes no generator."""
+    return torch.randn(like.shape, generator=generator, device=like.device, dtype=like.dtype)
 
 
 def prob_mask_like(shape: tuple[int, ...], prob: float, device: torch.device) -> Tensor:

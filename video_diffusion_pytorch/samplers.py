@@ -16,10 +16,32 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from .helpers import default, randn
+
 Denoiser = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
 Posterior = Callable[[Tensor, Tensor, Tensor], tuple[Tensor, Tensor, Tensor]]
 
 SAMPLERS = ("ancestral", "ddim")
+
+
+def resolve_sampler(sampler: str | None, steps: int, timesteps: int, eta: float) -> str:
+    """The sampler to use (by default ancestral over all T steps, else DDIM), checked against
+    the number of sampling steps and DDIM's eta."""
+    if not 1 <= steps <= timesteps:
+        raise ValueError(f"sampling_timesteps must be in [1, timesteps={timesteps}], got {steps}")
+    if not 0 <= eta <= 1:
+        raise ValueError(f"ddim_sampling_eta must be in [0, 1], got {eta}")
+    sampler = default(sampler, "ancestral" if steps == timesteps else "ddim")
+    if sampler not in SAMPLERS:
+        raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
+    if sampler == "ancestral" and steps != timesteps:
+        raise ValueError(
+            f"the ancestral sampler takes every one of the {timesteps} steps, got sampling_timesteps={steps}; "
+            "use sampler='ddim' with ddim_sampling_eta=1 for ancestral-like sampling in fewer steps"
+        )
+    if sampler != "ddim" and eta != 0:
+        raise ValueError(f"ddim_sampling_eta={eta} applies to sampler='ddim' only, got sampler={sampler!r}")
+    return sampler
 
 
 def spaced_timesteps(timesteps: int, count: int) -> list[int]:
@@ -36,10 +58,6 @@ def _steps(timesteps: Sequence[int], batch: int, device: torch.device, desc: str
         yield torch.full((batch,), i, device=device, dtype=torch.long), i, i_next
 
 
-def _randn_like(x: Tensor, generator: torch.Generator | None) -> Tensor:
-    return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-
-
 # ------------------------------------------------------------ DDPM
 
 
@@ -49,7 +67,7 @@ def ancestral_step(
     """One ancestral step x_t -> x_{t-1} ~ q(x_{t-1} | x_t, x_0 = x_start) (Ho et al. 2020,
     Algorithm 2, line 4); no noise at t = 0."""
     mean, _, log_variance = q_posterior(x_start, x, t)
-    noise = _randn_like(x, generator)
+    noise = randn(x, generator)
     nonzero_mask = (t != 0).to(x.dtype).reshape(x.shape[0], *((1,) * (x.ndim - 1)))  # (b,) -> (b, 1, 1, 1, 1)
     return mean + nonzero_mask * (0.5 * log_variance).exp() * noise
 
@@ -117,5 +135,25 @@ def sample_ddim(
         sigma = eta * math.sqrt((1 - abar_s) / (1 - abar_t) * (1 - abar_t / abar_s))
         x = math.sqrt(abar_s) * x_start + math.sqrt(max(1 - abar_s - sigma**2, 0.0)) * pred_noise  # eq. 12
         if sigma > 0:
-            x = x + sigma * _randn_like(x, generator)
+            x = x + sigma * randn(x, generator)
     return x
+
+
+def run_sampler(
+    sampler: str,
+    denoise: Denoiser,
+    x: Tensor,
+    timesteps: Sequence[int],
+    *,
+    alphas_cumprod: Tensor,
+    q_posterior: Posterior,
+    eta: float = 0.0,
+    generator: torch.Generator | None = None,
+    progress: bool = True,
+) -> Tensor:
+    """Run the sampler named `sampler` (one of `SAMPLERS`) from `x` along `timesteps`."""
+    if sampler == "ancestral":
+        return sample_ancestral(denoise, x, timesteps, q_posterior=q_posterior, generator=generator, progress=progress)
+    return sample_ddim(
+        denoise, x, timesteps, alphas_cumprod=alphas_cumprod, eta=eta, generator=generator, progress=progress
+    )

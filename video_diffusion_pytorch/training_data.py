@@ -31,31 +31,6 @@ def _first_item(dataset: Any, what: str) -> tuple[Tensor, Any]:
     return split_item(dataset[0])
 
 
-def _check_conditions(diffusion: GaussianDiffusion, kind: str, condition: Any, cond_drop_prob: float) -> None:
-    """The dataset's conditions must be what the model takes."""
-    denoiser = diffusion.denoise_fn
-    text_model = bool(getattr(denoiser, "use_bert_text_cond", False))
-    if kind == "text" and not text_model:
-        raise ValueError(
-            "the dataset has captions, but the model is not text-conditioned: build it with "
-            "Unet3D(..., use_bert_text_cond=True), or train on a dataset without captions"
-        )
-    if text_model and kind != "text":
-        raise ValueError(
-            "the model is text-conditioned (use_bert_text_cond=True), but the dataset has no captions: "
-            "put a caption file beside each clip (clip.gif + clip.txt)"
-        )
-    cond_dim = getattr(denoiser, "cond_dim", None)
-    if kind == "vector" and cond_dim != condition.shape[0]:
-        raise ValueError(
-            f"the dataset yields condition vectors of size {condition.shape[0]}, but the model takes cond_dim={cond_dim}"
-        )
-    if kind == "none" and diffusion.has_cond:
-        raise ValueError("the model is conditional, but the dataset's items carry no condition")
-    if cond_drop_prob > 0 and not diffusion.has_cond:
-        raise ValueError(f"cond_drop_prob={cond_drop_prob} needs a conditional model")
-
-
 class TrainingData:
     """Batches for the Trainer, ready for `GaussianDiffusion.forward`.
 
@@ -119,7 +94,8 @@ class TrainingData:
             )
         check_video_values(video, "the training data's first video")  # fail at once, not at the first batch
         self.condition_kind = condition_kind(condition)
-        _check_conditions(diffusion, self.condition_kind, condition, cond_drop_prob)
+        shape = tuple(condition.shape) if self.condition_kind == "vector" else None
+        diffusion.spec.check_condition(self.condition_kind, shape=shape, cond_drop_prob=cond_drop_prob, source="dataset")
 
         self.caption_embeddings = None
         self.vector_samples = None  # the conditions of the first items, for vector-conditioned samples

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
@@ -17,16 +18,47 @@ from .attention import (
     SpatialLinearAttention,
     TemporalAttention,
 )
+from .denoiser import DenoiserSpec
 from .helpers import default, exists, prob_mask_like
-from .hub import PretrainedMixin
 from .nn import Downsample, FrameConv3d, PreNorm, Residual, ResnetBlock, SinusoidalPosEmb, Upsample
+from .pretrained import PretrainedMixin, records_config
 from .text import BERT_MODEL_DIM
+from .unet_inputs import batch_of_steps, check_inputs, input_signature
 
 # classifier-free guidance runs its conditional and null forwards as one forward of the
 # doubled batch when the batch holds at most this many voxels (b * f * h * w): on CPU,
 # fewer larger operations pay for small batches (1.3x to 1.9x faster at 1 x 8 x 32^2) and cost
 # for large ones (working sets outgrow the caches; 0.85x at 4 x 8 x 32^2). Always on CUDA.
 BATCHED_GUIDANCE_MAX_VOXELS = 2 * 8 * 32 * 32
+
+
+@dataclass
+class _Layers:
+    """The U-net's repeated pieces, built with its attention settings."""
+
+    heads: int
+    dim_head: int
+    rotary_emb: RotaryEmbedding  # one, shared by every temporal attention
+    sparse_linear_attn: bool
+
+    def temporal_attn(self, width: int) -> nn.Module:
+        attention = Attention(width, heads=self.heads, dim_head=self.dim_head, rotary_emb=self.rotary_emb)
+        return Residual(PreNorm(width, TemporalAttention(attention)))
+
+    def spatial_linear_attn(self, width: int) -> nn.Module:
+        if not self.sparse_linear_attn:
+            return nn.Identity()
+        return Residual(PreNorm(width, SpatialLinearAttention(width, heads=self.heads)))
+
+    def level(self, dim_in: int, dim_out: int, emb_dim: int, resample: nn.Module) -> nn.ModuleList:
+        """Two ResnetBlocks, spatial and temporal attention, then down- or upsampling."""
+        return nn.ModuleList([
+            ResnetBlock(dim_in, dim_out, time_emb_dim=emb_dim),
+            ResnetBlock(dim_out, dim_out, time_emb_dim=emb_dim),
+            self.spatial_linear_attn(dim_out),
+            self.temporal_attn(dim_out),
+            resample,
+        ])  # fmt: skip
 
 
 class Unet3D(PretrainedMixin, nn.Module):
@@ -54,6 +86,7 @@ class Unet3D(PretrainedMixin, nn.Module):
             Can also be switched later through the attribute of the same name.
     """
 
+    @records_config
     def __init__(
         self,
         dim: int,
@@ -71,45 +104,25 @@ class Unet3D(PretrainedMixin, nn.Module):
         gradient_checkpointing: bool = False,
     ):
         super().__init__()
-        if block_type != "resnet":
-            raise ValueError(f"block_type must be 'resnet', got {block_type!r}")
-        if init_kernel_size % 2 != 1:
-            raise ValueError(f"init_kernel_size must be odd, got {init_kernel_size}")
-        if len(dim_mults) == 0:
-            raise ValueError("dim_mults must name at least one level")
-
-        self.config: dict[str, Any] = dict(
-            dim=dim, cond_dim=cond_dim, out_dim=out_dim, dim_mults=tuple(dim_mults),
-            channels=channels, attn_heads=attn_heads, attn_dim_head=attn_dim_head,
-            use_bert_text_cond=use_bert_text_cond, init_dim=init_dim,
-            init_kernel_size=init_kernel_size, use_sparse_linear_attn=use_sparse_linear_attn,
-            block_type=block_type, gradient_checkpointing=gradient_checkpointing,
-        )  # fmt: skip
+        _check_arguments(block_type=block_type, init_kernel_size=init_kernel_size, dim_mults=dim_mults)
         self.channels = channels
         self.use_bert_text_cond = use_bert_text_cond
         self.gradient_checkpointing = gradient_checkpointing
         # set by `compile`: torch.compile of `_unet` (the unbound function: a deep copy of
         # the model, such as an EMA copy, runs it with its own weights)
         self._compiled_unet: Callable[..., Tensor] | None = None
+        self._checked_signature: tuple | None = None  # of the last inputs `_check_inputs` accepted
 
         # one rotary embedding and one position bias shared by every temporal attention
         # no frequency cache: it would go stale when a state dict loads other `freqs`
         rotary_emb = RotaryEmbedding(min(32, attn_dim_head), cache_if_possible=False)
         self.time_rel_pos_bias = RelativePositionBias(heads=attn_heads, max_distance=32)
 
-        def temporal_attn(width: int) -> nn.Module:
-            attention = Attention(width, heads=attn_heads, dim_head=attn_dim_head, rotary_emb=rotary_emb)
-            return Residual(PreNorm(width, TemporalAttention(attention)))
-
-        def spatial_linear_attn(width: int) -> nn.Module:
-            if not use_sparse_linear_attn:
-                return nn.Identity()
-            return Residual(PreNorm(width, SpatialLinearAttention(width, heads=attn_heads)))
-
+        layers = _Layers(attn_heads, attn_dim_head, rotary_emb, use_sparse_linear_attn)
         init_dim = default(init_dim, dim)
         init_padding = init_kernel_size // 2
         self.init_conv = FrameConv3d(channels, init_dim, init_kernel_size, padding=init_padding)
-        self.init_temporal_attn = temporal_attn(init_dim)
+        self.init_temporal_attn = layers.temporal_attn(init_dim)
 
         dims = [init_dim, *(dim * m for m in dim_mults)]
         in_out = list(zip(dims[:-1], dims[1:]))
@@ -126,35 +139,25 @@ class Unet3D(PretrainedMixin, nn.Module):
         self.null_cond_emb = nn.Parameter(torch.randn(1, self.cond_dim)) if self.has_cond else None
         emb_dim = time_dim + (self.cond_dim if self.has_cond else 0)
 
-        self.downs = nn.ModuleList([])
-        self.ups = nn.ModuleList([])
-        for index, (dim_in, dim_out) in enumerate(in_out):
-            is_last = index == len(in_out) - 1
-            self.downs.append(nn.ModuleList([
-                ResnetBlock(dim_in, dim_out, time_emb_dim=emb_dim),
-                ResnetBlock(dim_out, dim_out, time_emb_dim=emb_dim),
-                spatial_linear_attn(dim_out),
-                temporal_attn(dim_out),
-                Downsample(dim_out) if not is_last else nn.Identity(),
-            ]))  # fmt: skip
+        last = len(in_out) - 1
+        self.downs = nn.ModuleList([
+            layers.level(dim_in, dim_out, emb_dim, Downsample(dim_out) if index < last else nn.Identity())
+            for index, (dim_in, dim_out) in enumerate(in_out)
+        ])  # fmt: skip
+        self.ups = nn.ModuleList([])  # registered here, as in the original's state dicts; filled below
 
         mid_dim = dims[-1]
         self.mid_block1 = ResnetBlock(mid_dim, mid_dim, time_emb_dim=emb_dim)
         self.mid_spatial_attn = Residual(
             PreNorm(mid_dim, SpatialAttention(Attention(mid_dim, heads=attn_heads)))
         )
-        self.mid_temporal_attn = temporal_attn(mid_dim)
+        self.mid_temporal_attn = layers.temporal_attn(mid_dim)
         self.mid_block2 = ResnetBlock(mid_dim, mid_dim, time_emb_dim=emb_dim)
 
-        for index, (dim_in, dim_out) in enumerate(reversed(in_out)):
-            is_last = index == len(in_out) - 1
-            self.ups.append(nn.ModuleList([
-                ResnetBlock(dim_out * 2, dim_in, time_emb_dim=emb_dim),
-                ResnetBlock(dim_in, dim_in, time_emb_dim=emb_dim),
-                spatial_linear_attn(dim_in),
-                temporal_attn(dim_in),
-                Upsample(dim_in) if not is_last else nn.Identity(),
-            ]))  # fmt: skip
+        self.ups.extend(  # each up level takes its down level's skip too: twice the channels
+            layers.level(dim_out * 2, dim_in, emb_dim, Upsample(dim_in) if index < last else nn.Identity())
+            for index, (dim_in, dim_out) in enumerate(reversed(in_out))
+        )
 
         # the skip from right after init_temporal_attn joins here, so 2 * init_dim channels
         self.final_conv = nn.Sequential(
@@ -170,50 +173,28 @@ class Unet3D(PretrainedMixin, nn.Module):
         cond: Any,
         focus_present_mask: Tensor | None,
         independent_frames: Tensor | None,
+        cond_scale: float = 1.0,
     ) -> Tensor:
-        """Raise on malformed inputs; return `time` as a `(b,)` tensor."""
-        if not isinstance(x, Tensor) or x.ndim != 5:
-            shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
-            raise ValueError(f"expected a video batch (b, c, f, h, w), got {shape}")
-        b, c, f, h, w = x.shape
-        if not isinstance(time, Tensor):
-            time = torch.tensor(time, device=x.device)
-        if time.ndim == 0:
-            time = time.expand(b)
-        if c != self.channels:
-            raise ValueError(f"expected {self.channels} channels, got {c} (video shape {tuple(x.shape)})")
-        factor = 2**self.num_downsamples
-        if h % factor or w % factor:
-            raise ValueError(
-                f"height and width must be multiples of {factor} for {self.num_downsamples} "
-                f"downsamplings, got {h}x{w}"
-            )
-        if time.shape != (b,):
-            raise ValueError(f"expected one timestep per video, shape ({b},), got {tuple(time.shape)}")
+        """Raise on malformed inputs (`unet_inputs.check_inputs`); return `time` as a `(b,)` tensor.
 
-        if isinstance(cond, (str, list, tuple)):
-            raise TypeError(
-                "Unet3D takes conditioning as a tensor (b, cond_dim); embed strings with "
-                "bert_embed(tokenize(texts)), or pass them to GaussianDiffusion, which does"
-            )
-        if exists(independent_frames) and independent_frames.shape not in ((f,), (b, f)):
-            raise ValueError(
-                f"independent_frames must have shape ({f},) or ({b}, {f}), got {tuple(independent_frames.shape)}"
-            )
-        if exists(focus_present_mask) and focus_present_mask.shape != (b,):
-            raise ValueError(f"focus_present_mask must have shape ({b},), got {tuple(focus_present_mask.shape)}")
-
-        if not self.has_cond:
-            if exists(cond):
-                raise ValueError(
-                    "this Unet3D is unconditional (no cond_dim, use_bert_text_cond=False) "
-                    f"but got cond of shape {tuple(cond.shape)}"
-                )
-        elif not exists(cond):
-            raise ValueError(f"this Unet3D is conditional: pass cond of shape ({b}, {self.cond_dim})")
-        elif cond.shape != (b, self.cond_dim):
-            raise ValueError(f"expected cond of shape ({b}, {self.cond_dim}), got {tuple(cond.shape)}")
+        The checks read shapes only, never values, and run once per input signature: a
+        sampling loop calls the network hundreds of times with the shapes of its first call,
+        whose conditioning `GaussianDiffusion` has already checked.
+        """
+        time = batch_of_steps(x, time)
+        signature = input_signature(x, time, cond, focus_present_mask, independent_frames, cond_scale)
+        if signature != self._checked_signature:
+            check_inputs(
+                self.spec, 2**self.num_downsamples, x, time, cond, focus_present_mask=focus_present_mask,
+                independent_frames=independent_frames, cond_scale=cond_scale,
+            )  # fmt: skip
+            self._checked_signature = signature
         return time
+
+    @property
+    def spec(self) -> DenoiserSpec:
+        """What this network takes, as `GaussianDiffusion` reads it (`video_diffusion_pytorch.denoiser`)."""
+        return DenoiserSpec(channels=self.channels, cond_dim=self.cond_dim, text=self.use_bert_text_cond)
 
     # ------------------------------------------------------------ forward
 
@@ -242,12 +223,7 @@ class Unet3D(PretrainedMixin, nn.Module):
                 x, time, cond=cond, focus_present_mask=focus_present_mask,
                 prob_focus_present=prob_focus_present, independent_frames=independent_frames,
             )  # fmt: skip
-        if not self.has_cond:
-            raise ValueError(
-                f"cond_scale={cond_scale} asks for classifier-free guidance, but this Unet3D is "
-                "unconditional; use cond_scale=1"
-            )
-        time = self._check_inputs(x, time, cond, focus_present_mask, independent_frames)
+        time = self._check_inputs(x, time, cond, focus_present_mask, independent_frames, cond_scale)
         batch, device = x.shape[0], x.device
         independent_frames = _none_if_all_false(independent_frames)
         focus = [_draw_focus(batch, focus_present_mask, prob_focus_present, device) for _ in range(2)]
@@ -394,6 +370,16 @@ class Unet3D(PretrainedMixin, nn.Module):
         """`module(*args, **kwargs)`, keeping only the inputs for the backward pass and
         recomputing the rest there (gradient checkpointing, Chen et al. 2016)."""
         return checkpoint(module, *args, use_reentrant=False, **kwargs)
+
+
+def _check_arguments(*, block_type: str, init_kernel_size: int, dim_mults: tuple[int, ...]) -> None:
+    """Raise a ValueError for constructor arguments that build no working U-net."""
+    if block_type != "resnet":
+        raise ValueError(f"block_type must be 'resnet', got {block_type!r}")
+    if init_kernel_size % 2 != 1:
+        raise ValueError(f"init_kernel_size must be odd, got {init_kernel_size}")
+    if len(dim_mults) == 0:
+        raise ValueError("dim_mults must name at least one level")
 
 
 def _call(module: nn.Module, *args: Any, **kwargs: Any) -> Tensor:

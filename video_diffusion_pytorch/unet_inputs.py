@@ -1,0 +1,74 @@
+"""The U-net's input checks: shapes only, never values (reading values would make the host
+wait for the GPU), with one message naming what was expected and what came."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .denoiser import DenoiserSpec, condition_kind
+from .helpers import exists
+
+
+def batch_of_steps(x: Any, time: Tensor | float) -> Tensor:
+    """The diffusion steps as a `(b,)` tensor (a number or a 0-d tensor is broadcast)."""
+    if not isinstance(x, Tensor) or x.ndim != 5:
+        shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+        raise ValueError(f"expected a video batch (b, c, f, h, w), got {shape}")
+    if not isinstance(time, Tensor):
+        time = torch.tensor(time, device=x.device)
+    return time.expand(x.shape[0]) if time.ndim == 0 else time
+
+
+def input_signature(*inputs: Any) -> tuple:
+    """What the checks depend on: each tensor's shape, the type of anything else, and numbers as they are."""
+    return tuple(
+        tuple(value.shape) if isinstance(value, Tensor) else value if isinstance(value, (int, float)) else type(value)
+        for value in inputs
+    )
+
+
+def check_inputs(
+    spec: DenoiserSpec,
+    size_multiple: int,
+    x: Tensor,
+    time: Tensor,
+    cond: Any,
+    *,
+    focus_present_mask: Tensor | None,
+    independent_frames: Tensor | None,
+    cond_scale: float,
+) -> None:
+    """Raise a ValueError or TypeError for inputs the network cannot take.
+
+    Args:
+        spec: what the network takes.
+        size_multiple: height and width must be multiples of it (2 ** downsamplings).
+        x, time, cond, focus_present_mask, independent_frames, cond_scale: as in
+            `Unet3D.forward` and `forward_with_cond_scale`; `time` already `(b,)`.
+    """
+    b, c, f, h, w = x.shape
+    if c != spec.channels:
+        raise ValueError(f"expected {spec.channels} channels, got {c} (video shape {tuple(x.shape)})")
+    if h % size_multiple or w % size_multiple:
+        downsamplings = size_multiple.bit_length() - 1
+        raise ValueError(
+            f"height and width must be multiples of {size_multiple} for {downsamplings} downsamplings, got {h}x{w}"
+        )
+    if time.shape != (b,):
+        raise ValueError(f"expected one timestep per video, shape ({b},), got {tuple(time.shape)}")
+    if isinstance(cond, (str, list, tuple)):
+        raise TypeError(
+            "Unet3D takes conditioning as a tensor (b, cond_dim); embed strings with "
+            "bert_embed(tokenize(texts)), or pass them to GaussianDiffusion, which does"
+        )
+    if exists(independent_frames) and independent_frames.shape not in ((f,), (b, f)):
+        raise ValueError(
+            f"independent_frames must have shape ({f},) or ({b}, {f}), got {tuple(independent_frames.shape)}"
+        )
+    if exists(focus_present_mask) and focus_present_mask.shape != (b,):
+        raise ValueError(f"focus_present_mask must have shape ({b},), got {tuple(focus_present_mask.shape)}")
+    shape = tuple(cond.shape) if isinstance(cond, Tensor) else None
+    spec.check_condition(condition_kind(cond), shape=shape, rows=b, cond_scale=cond_scale)

@@ -125,7 +125,7 @@ def test_failed_save_keeps_the_previous_milestone(tmp_path, monkeypatch):
         trainer.train()
     monkeypatch.undo()
 
-    assert sorted(os.listdir(tmp_path)) == ["1.gif", "loss.png", "model-1.pt"]  # no temporary file left
+    assert sorted(os.listdir(tmp_path)) == ["1.gif", "loss.png", "model-1.pt", "run.json"]  # no temporary file left
     assert (tmp_path / "model-1.pt").read_bytes() == before
     resumed = make_trainer(tmp_path, steps=4, save_and_sample_every=1)
     resumed.load(-1)

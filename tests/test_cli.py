@@ -39,19 +39,21 @@ def train(folder, results, *extra):
 def test_train_resume_and_sample(clip_folder, tmp_path, capsys):
     results = tmp_path / "results"
     assert train(clip_folder, results, "--steps", "4") == 0  # milestone 1 at step 2, milestone 2 at the end
-    assert sorted(p.name for p in results.iterdir()) == ["1.gif", "2.gif", "loss.png", "model-1.pt", "model-2.pt"]
+    assert sorted(p.name for p in results.iterdir()) == ["1.gif", "2.gif", "loss.png", "model-1.pt", "model-2.pt", "run.json"]
 
     assert train(clip_folder, results, "--steps", "3") == 2  # nothing is overwritten by accident
     assert "already holds checkpoints" in capsys.readouterr().err
     assert train(clip_folder, results, "--steps", "5", "--resume") == 0
-    assert torch.load(results / "model-2.pt", weights_only=True)["step"] == 5
+    # the resumed run's milestone is numbered on: no checkpoint is replaced by another step's
+    assert torch.load(results / "model-2.pt", weights_only=True)["step"] == 4
+    assert torch.load(results / "model-3.pt", weights_only=True)["step"] == 5
 
     out = tmp_path / "out" / "samples.gif"
-    assert main(["sample", str(results / "model-2.pt"), "--num", "2", "--out", str(out), "--no-progress"]) == 0
+    assert main(["sample", str(results / "model-3.pt"), "--num", "2", "--out", str(out), "--no-progress"]) == 0
     gif = Image.open(out)
     assert gif.size == (SIZE + 4, 2 * (SIZE + 4)) and gif.n_frames == FRAMES  # 2 rows of 1
 
-    checkpoint = torch.load(results / "model-2.pt", weights_only=True)
+    checkpoint = torch.load(results / "model-3.pt", weights_only=True)
     pretrained = tmp_path / "pretrained"
     model = build_model(checkpoint["config"])
     model.load_state_dict(checkpoint["ema"])

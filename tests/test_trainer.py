@@ -34,7 +34,7 @@ def test_milestones_samples_and_logs(tmp_path):
 
     results = tmp_path / "results"
     # step 0 is no milestone; step 2 is milestone 1 (as the original); the last step (3) is milestone 2
-    assert sorted(p.name for p in results.iterdir()) == ["1.gif", "2.gif", "loss.png", "model-1.pt", "model-2.pt"]
+    assert sorted(p.name for p in results.iterdir()) == ["1.gif", "2.gif", "loss.png", "model-1.pt", "model-2.pt", "run.json"]
     assert [sorted(log) for log in logs] == [["loss"], ["loss"], ["loss", "sample"], ["loss", "sample"]]
     assert logs[2]["sample"] == str(results / "1.gif")
     assert all(isinstance(log["loss"], float) for log in logs)

@@ -27,7 +27,7 @@ def test_two_processes_agree_and_only_the_main_one_writes(tmp_path):
 
     # the main process wrote milestones 1 and 2 (steps 1 and 2; not step 0); the other wrote nothing
     written = sorted(p.name for p in (tmp_path / "results-rank0").iterdir())
-    assert written == ["1.gif", "2.gif", "loss.png", "model-1.pt", "model-2.pt"]
+    assert written == ["1.gif", "2.gif", "loss.png", "model-1.pt", "model-2.pt", "run.json"]
     assert not (tmp_path / "results-rank1").exists()
     assert main["logs"] == 3 and other["logs"] == 0
     checkpoint = torch.load(tmp_path / "results-rank0" / "model-2.pt", weights_only=True)

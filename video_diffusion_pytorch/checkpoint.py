@@ -17,6 +17,7 @@ and ours adds `format_version`, `optimizer`, `rng` (one entry per process), `dat
 
 from __future__ import annotations
 
+import logging
 import os
 import pickle
 import random
@@ -28,7 +29,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from .diffusion import GaussianDiffusion
 from .files import atomic_path
+from .hub import build_model
+
+logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 CHECKPOINT_PATTERN = re.compile(r"model-(\d+)\.pt")
@@ -98,14 +103,90 @@ def list_milestones(folder: str | os.PathLike) -> list[int]:
     return sorted(int(match.group(1)) for match in found if match)
 
 
-def resolve_milestone(folder: str | os.PathLike, milestone: int) -> int:
-    """`milestone`, or the latest one in `folder` when it is -1."""
-    if milestone != -1:
-        return milestone
+def next_milestone(folder: str | os.PathLike) -> int:
+    """The number after the highest milestone in `folder` (1 in an empty folder): new
+    milestones never replace a checkpoint, whatever the save interval was before."""
     milestones = list_milestones(folder)
-    if not milestones:
+    return milestones[-1] + 1 if milestones else 1
+
+
+def checkpoint_step(path: str | os.PathLike) -> int:
+    """The `step` a checkpoint was saved at, read without loading its tensors."""
+    try:  # memory-mapped: the tensors stay on disk
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except (RuntimeError, pickle.UnpicklingError, EOFError, KeyError, OSError, ValueError):
+        # an archive of the old format, which cannot be mapped, or a damaged file, which
+        # load_checkpoint reads or names with its one clear message
+        checkpoint = load_checkpoint(path)
+    if not isinstance(checkpoint, dict) or "step" not in checkpoint:
+        raise ValueError(f"{path} is not a Trainer checkpoint (a dict with 'step', 'model' and 'ema')")
+    return int(checkpoint["step"])
+
+
+def latest_milestone(folder: str | os.PathLike) -> int:
+    """The milestone in `folder` saved at the latest step (the highest number among equal
+    steps). Unreadable checkpoints are passed over with a warning."""
+    best = None
+    for milestone in list_milestones(folder):
+        try:
+            step = checkpoint_step(checkpoint_path(folder, milestone))
+        except (ValueError, OSError) as error:
+            logger.warning("passing over %s: %s", checkpoint_path(folder, milestone), error)
+            continue
+        if best is None or step >= best[0]:
+            best = (step, milestone)
+    if best is None:
         raise FileNotFoundError(f"no checkpoint (model-N.pt) in {folder} to load the latest milestone from")
-    return milestones[-1]
+    return best[1]
+
+
+def resolve_milestone(folder: str | os.PathLike, milestone: int) -> int:
+    """`milestone`, or the one of the latest step in `folder` when it is -1."""
+    return latest_milestone(folder) if milestone == -1 else milestone
+
+
+# ---------------------------------------------------------------- models
+
+
+def model_from_checkpoint(checkpoint: dict[str, Any], weights: str = "ema") -> GaussianDiffusion:
+    """The GaussianDiffusion a loaded Trainer checkpoint describes, with its `weights`
+    ('ema': the averaged copy the Trainer samples from, or 'model')."""
+    if weights not in ("ema", "model"):
+        raise ValueError(f"weights must be 'ema' or 'model', got {weights!r}")
+    if not checkpoint.get("config"):
+        raise ValueError(
+            "this checkpoint does not describe its model (it was written by the original library or for a "
+            "custom denoiser): build the model in Python and use Trainer.load"
+        )
+    diffusion = build_model(checkpoint["config"])
+    if not isinstance(diffusion, GaussianDiffusion):
+        raise ValueError(f"the checkpoint holds a {type(diffusion).__name__}, not a GaussianDiffusion")
+    try:
+        diffusion.load_state_dict(checkpoint[weights])
+    except RuntimeError as error:
+        raise ValueError(f"the checkpoint's {weights!r} weights do not fit its own description: {error}") from error
+    return diffusion
+
+
+def load_model(source: str | os.PathLike, *, weights: str = "ema") -> GaussianDiffusion:
+    """A trained GaussianDiffusion from `source`: a Trainer checkpoint `model-N.pt`, a
+    results folder (its checkpoint of the latest step), or a `save_pretrained` folder.
+
+    Args:
+        source: the file or folder.
+        weights: of a Trainer checkpoint, 'ema' (the averaged weights) or 'model'.
+    """
+    path = Path(source)
+    if path.is_dir():
+        if list_milestones(path):
+            path = checkpoint_path(path, latest_milestone(path))
+        else:
+            return GaussianDiffusion.from_pretrained(path)
+    elif not path.exists():
+        raise FileNotFoundError(
+            f"no checkpoint at {path}: expected a model-N.pt file, a results folder or a save_pretrained folder"
+        )
+    return model_from_checkpoint(load_checkpoint(path), weights)
 
 
 # ---------------------------------------------------------------- random states

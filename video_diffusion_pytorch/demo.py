@@ -89,7 +89,7 @@ def run_demo(results_folder: str | os.PathLike, settings: DemoSettings = DemoSet
     finally:
         torch.set_num_threads(threads)
 
-    folder, milestone = trainer.results_folder, 1  # the last step is the only milestone
+    folder, milestone = trainer.results_folder, trainer.milestone  # the last step is the run's only milestone
     grid = gif_to_tensor(folder / f"{milestone}.gif")  # (3, f, H, W), grey as RGB
     # (c, f, H, W) -> (c, f, H * k, W * k), nearest neighbour so pixels stay crisp
     large = rearrange(F.interpolate(rearrange(grid, "c f h w -> f c h w"), scale_factor=s.enlarge), "f c h w -> c f h w")

@@ -4,8 +4,8 @@ A dataset item is a video `(c, f, h, w)`, or a pair `(video, caption)` for text
 conditioning, or `(video, cond)` with a conditioning vector `(cond_dim,)`. Batches come
 from an endless shuffled stream of indices whose position is a plain integer, so a
 checkpoint can record it and a resumed run continues with exactly the batches an
-uninterrupted run would have seen. With several processes, process `r` of `n` takes the
-stream positions `r, r + n, r + 2n, ...`.
+uninterrupted run would have seen. The stream is cut into batches and the batches are
+dealt to the processes by `accelerate` (process `r` of `n` takes batches `r, r + n, ...`).
 """
 
 from __future__ import annotations
@@ -14,55 +14,69 @@ from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
 # ---------------------------------------------------------------- index stream
 
 
-class InfiniteSampler(Sampler[int]):
-    """Endless shuffled indices of a dataset of `length` items.
+class InfiniteSampler(Sampler[tuple[int, int]]):
+    """Endless shuffled `(index, position)` pairs over a dataset of `length` items.
 
     Epoch `e` of the stream is `randperm(length)` drawn from a generator seeded with
-    `seed + e`; this process yields the stream positions `start + rank + k * num_replicas`
-    for k = 0, 1, ... Every process must use the same `seed` and `start`.
+    `seed + e`; the stream starts at position `start`. Every process uses the same
+    stream; `accelerate` gives each its own batches of it.
     """
 
-    def __init__(self, length: int, *, seed: int, start: int = 0, rank: int = 0, num_replicas: int = 1):
+    def __init__(self, length: int, *, seed: int, start: int = 0):
         if length < 1:
             raise ValueError(f"cannot sample from an empty dataset (length {length})")
         self.length, self.seed, self.start = length, seed, start
-        self.rank, self.num_replicas = rank, num_replicas
 
     def _order(self, epoch: int) -> Tensor:
         return torch.randperm(self.length, generator=torch.Generator().manual_seed(self.seed + epoch))
 
-    def __iter__(self) -> Iterator[int]:
-        position, epoch, order = self.start + self.rank, None, None
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        position, epoch, order = self.start, None, None
         while True:
             stream_epoch, offset = divmod(position, self.length)
             if stream_epoch != epoch:
                 epoch, order = stream_epoch, self._order(stream_epoch)
-            yield int(order[offset])
-            position += self.num_replicas
+            yield int(order[offset]), position
+            position += 1
+
+
+class PositionSeeded(Dataset):
+    """`dataset[index]` drawn with torch's random generator seeded by the stream position.
+
+    A dataset's random augmentations (a random crop in time, a flip) then depend only on
+    the data seed and where the item stands in the stream: not on how many batches the
+    loader fetched ahead, nor on the number of worker processes, so a resumed run draws
+    them exactly as an uninterrupted one. The global generator is left as it was.
+    """
+
+    def __init__(self, dataset: Any, seed: int):
+        self.dataset, self.seed = dataset, seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]) -> Any:
+        index, position = key
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(hash((self.seed, position)) % 2**63)
+            return self.dataset[index]
 
 
 def endless_loader(
-    dataset: Any,
-    batch_size: int,
-    *,
-    seed: int,
-    start: int,
-    rank: int = 0,
-    num_replicas: int = 1,
-    num_workers: int = 0,
-    pin_memory: bool = False,
+    dataset: Any, batch_size: int, *, seed: int, start: int, num_workers: int = 0, pin_memory: bool = False
 ) -> DataLoader:
-    """A DataLoader over `InfiniteSampler` that never ends. Its worker seeds come from a
-    generator of its own, so creating it draws nothing from the global random state."""
-    sampler = InfiniteSampler(len(dataset), seed=seed, start=start, rank=rank, num_replicas=num_replicas)
+    """A DataLoader over `InfiniteSampler` that never ends, items drawn by `PositionSeeded`.
+    Its worker seeds come from a generator of its own, so creating it draws nothing from
+    the global random state."""
+    sampler = InfiniteSampler(len(dataset), seed=seed, start=start)
     return DataLoader(
-        dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
+        PositionSeeded(dataset, seed), batch_size=batch_size, sampler=sampler, num_workers=num_workers,
         pin_memory=pin_memory, generator=torch.Generator().manual_seed(seed),
     )  # fmt: skip
 

@@ -1,4 +1,5 @@
-"""What a training run shows besides checkpoints: sample grids, prompt lists, the loss curve."""
+"""What a training run shows besides checkpoints: sample grids, the loss curve and the
+validation loss."""
 
 from __future__ import annotations
 
@@ -9,9 +10,10 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 from einops import rearrange
-from torch import Tensor
+from torch import Tensor, nn
 
 from .files import atomic_path
+from .helpers import normalize_to_neg_one_to_one
 
 
 def video_grid(videos: Tensor, rows: int, padding: int = 2) -> Tensor:
@@ -56,3 +58,20 @@ def plot_losses(losses: Sequence[float], path: str | os.PathLike, smoothing: int
     with atomic_path(path) as temporary:
         figure.savefig(temporary, format="png")
     return path
+
+
+@torch.no_grad()
+def validation_loss(diffusion: nn.Module, videos: Tensor, cond: Tensor | None = None, *, seed: int = 0) -> float:
+    """The denoising loss of `diffusion` on held-out `videos (n, c, f, h, w)` in [0, 1] with
+    fixed noise and fixed steps, so that milestones (and runs) are comparable.
+
+    Clip i is noised at step `floor((i + 1/2) T / n)`, spreading the clips over the whole
+    schedule, with noise drawn from a generator seeded with `seed`.
+    """
+    n, steps = videos.shape[0], diffusion.num_timesteps
+    t = ((torch.arange(n, dtype=torch.float64) + 0.5) * steps / n).long()  # (n,) evenly over [0, T)
+    noise = torch.randn(videos.shape, generator=torch.Generator().manual_seed(seed))
+    device = next(diffusion.parameters()).device
+    cond = cond.to(device) if cond is not None else None
+    x_start = normalize_to_neg_one_to_one(videos.to(device))
+    return float(diffusion.p_losses(x_start, t.to(device), cond=cond, noise=noise.to(device)))

@@ -3,18 +3,22 @@
 It trains a GaussianDiffusion on a folder of clips (or any dataset), on whatever device
 the machine has (CPU included) and in several processes when launched with `torchrun`
 or `accelerate launch` (data parallel: each process draws its own batches, gradients
-are averaged). Every `save_and_sample_every` steps, and at the last step, it writes a
-checkpoint, a grid of samples from the EMA model and the loss curve. Only the main
-process writes files, samples and logs.
+are averaged). `accelerate` holds the model, the optimizer and the data loaders, runs the
+mixed precision and the gradient accumulation, and feeds the experiment trackers. Every
+`save_and_sample_every` steps, and at the last step, it writes a checkpoint, a grid of
+samples from the EMA model and the loss curve. Only the main process writes files,
+samples and logs, and only one run at a time may use a results folder.
 """
 
 from __future__ import annotations
 
 import copy
+import inspect
 import logging
 import math
 import os
-from contextlib import nullcontext
+import time
+import weakref
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -25,32 +29,32 @@ from torch import Tensor, nn
 from torch.optim import Adam
 from tqdm.auto import tqdm
 
-from .checkpoint import (
-    FORMAT_VERSION,
-    capture_rng_state,
-    checkpoint_path,
-    load_checkpoint,
-    resolve_milestone,
-    restore_rng_state,
-    save_checkpoint,
-)
-from .data import video_tensor_to_gif
-from .files import atomic_write_text, remove_temporary_files
+from .accelerated import autocast_dtype, build_accelerator
+from .checkpoint import capture_rng_state, checkpoint_path, list_milestones, load_checkpoint, resolve_milestone, save_checkpoint
+from .compilation import compile_denoiser
+from .denoiser import DenoiserSpec
 from .diffusion import GaussianDiffusion
 from .ema import EMA
-from .helpers import default, exists, num_to_groups
-from .hub import describe_model
-from .results import plot_losses, video_grid
-from .training_data import TrainingData
+from .files import remove_temporary_files
+from .helpers import default, exists
+from .milestones import write_samples
+from .results import plot_losses, validation_loss
+from .run_lock import RunLock
+from .run_settings import RUN_SETTINGS, check_settings, write_run_file
+from .run_state import restore_run, run_checkpoint
+from .tracking import log_sample_grid, start_trackers
+from .training_data import Batch, TrainingData, bert_embedder
 
 logger = logging.getLogger(__name__)
-
-class NonFiniteLossError(ValueError):
-    """The training loss became NaN or infinite; the message names the step."""
 
 
 def noop(*args: Any, **kwargs: Any) -> None:
     """A `log_fn` that ignores its arguments."""
+
+
+class NonFiniteLossError(ValueError):
+    """The training loss (or the gradient norm) became NaN or infinite; the message names
+    the step. Nothing of that step was saved."""
 
 
 class Trainer:
@@ -77,7 +81,9 @@ class Trainer:
         step_start_ema: before this step the EMA copy is reset to the weights.
         update_ema_every: steps between EMA updates.
         save_and_sample_every: steps between milestones; the last step is one too.
-        results_folder: where `model-{m}.pt`, `{m}.gif` and `loss.png` go.
+        results_folder: where `model-{m}.pt`, `{m}.gif`, `loss.png` and `run.json` go.
+            Milestones are numbered on from the highest one in the folder, so no
+            checkpoint is ever replaced by another step's.
         num_sample_rows: the sample grid is `num_sample_rows` x `num_sample_rows` videos.
         max_grad_norm: clip the gradient norm to this value when given.
 
@@ -96,13 +102,27 @@ class Trainer:
             share the clip's condition.
         seed: seeds the random generators (offset by the process index) and the data
             order; milestone samples use their own generator seeded with it (0 if None).
-        num_workers: DataLoader worker processes. With 0 (the default) a resumed run
-            repeats an uninterrupted one exactly; with workers the data order still
-            does, but random augmentations are drawn anew.
+        num_workers: DataLoader worker processes. A resumed run repeats an uninterrupted
+            one exactly with any number of them.
         progress: show progress bars.
+        mixed_precision: 'no', 'fp16' or 'bf16' through accelerate; None: `amp`, else
+            accelerate's configuration (`accelerate launch --mixed_precision`,
+            `accelerate config`, the `ACCELERATE_MIXED_PRECISION` variable).
+        validation_clips: the dataset's last items held out of training; at milestones
+            the EMA model's loss on them, with fixed noise and steps, is logged as
+            `validation_loss` (None: a tenth of the data, at most 8, none below 10 clips).
+        log_with: accelerate trackers ('tensorboard', 'wandb', ..., or a list) that receive
+            the loss, learning rate, gradient norm and steps per second of every step,
+            and the samples and validation loss of every milestone.
+        logging_dir: where file-based trackers write (default `results_folder/logs`).
+        compile: `torch.compile` the trained and EMA U-nets: True, or a mode string such
+            as 'max-autotune' (see `compilation`).
 
-    Exposed like the original's: `model` (the GaussianDiffusion), `ema_model`, `opt`,
-    `scaler`, `step`, `ds`, `results_folder`.
+    Run settings (every argument above but the model, data, folders and `progress`) are
+    saved in each checkpoint under "run" and in `results_folder/run.json`. `load` restores
+    them, except those given here with a value other than the default, which win (each
+    difference reported in one line). Exposed like the original's: `model` (the
+    GaussianDiffusion), `ema_model`, `opt`, `scaler`, `step`, `ds`, `results_folder`.
     """
 
     def __init__(
@@ -132,81 +152,95 @@ class Trainer:
         seed: int | None = None,
         num_workers: int = 0,
         progress: bool = True,
+        mixed_precision: str | None = None,
+        validation_clips: int | None = None,
+        log_with: str | list[str] | None = None,
+        logging_dir: str | os.PathLike | None = None,
+        compile: bool | str = False,
     ):
         if not isinstance(diffusion_model, nn.Module) or not hasattr(diffusion_model, "sample"):
             raise TypeError(f"diffusion_model must be a GaussianDiffusion, got {type(diffusion_model).__name__}")
-        positive = dict(
-            train_batch_size=train_batch_size, gradient_accumulate_every=gradient_accumulate_every,
-            update_ema_every=update_ema_every, save_and_sample_every=save_and_sample_every,
-            num_sample_rows=num_sample_rows,
-        )  # fmt: skip
-        for name, value in positive.items():
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        for name, value in dict(train_num_steps=train_num_steps, num_images_per_clip=num_images_per_clip,
-                                num_workers=num_workers, step_start_ema=step_start_ema).items():  # fmt: skip
-            if not isinstance(value, int) or value < 0:
-                raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
-        if not 0 <= cond_drop_prob <= 1:
-            raise ValueError(f"cond_drop_prob must be in [0, 1], got {cond_drop_prob}")
-        if exists(max_grad_norm) and max_grad_norm <= 0:
-            raise ValueError(f"max_grad_norm must be positive, got {max_grad_norm}")
+        arguments = locals()
+        settings = {name: arguments[name] for name in RUN_SETTINGS}
+        check_settings(settings)
+        defaults = self.default_settings()
+        self.explicit_settings = {name for name, value in settings.items() if value != defaults[name]}
+        for name, value in settings.items():
+            setattr(self, name, value)
 
-        # mixed precision is this Trainer's own autocast, not the Accelerator's: the
-        # accelerate state is one per process, and several Trainers may live in one
-        self.accelerator = Accelerator(mixed_precision="no")
+        self.results_folder = Path(results_folder)
+        self.accelerator = build_accelerator(amp, mixed_precision, log_with, Path(default(logging_dir, self.results_folder / "logs")))
         self.device = self.accelerator.device
         self.progress = progress
+        self._lock = RunLock(self.results_folder)
+        if self.is_main:
+            self._lock.acquire()  # before any work: a second trainer on the folder stops at once
+            weakref.finalize(self, self._lock.release)
+            remove_temporary_files(self.results_folder)  # left by a run killed while saving
         if exists(seed):
             set_seed(seed, device_specific=True)
         elif self.accelerator.num_processes > 1:
             # fresh processes share torch's default seed; each needs its own noise
             torch.manual_seed(torch.initial_seed() + self.accelerator.process_index)
         data_seed = default(seed, lambda: int(torch.randint(2**62, ()).item()))
-        self.sample_seed = default(seed, 0)
 
-        self.batch_size = train_batch_size
         self.image_size = diffusion_model.image_size
-        self.gradient_accumulate_every = gradient_accumulate_every
-        self.train_num_steps = train_num_steps
-        self.step_start_ema = step_start_ema
-        self.update_ema_every = update_ema_every
-        self.save_and_sample_every = save_and_sample_every
-        self.num_sample_rows = num_sample_rows
-        self.max_grad_norm = max_grad_norm
-        self.sample_cond_scale = sample_cond_scale
-
-        self.data = TrainingData(
-            diffusion_model, folder, batch_size=train_batch_size, seed=broadcast_object_list([data_seed])[0],
-            device=self.device, rank=self.accelerator.process_index, num_processes=self.accelerator.num_processes,
-            cond_drop_prob=cond_drop_prob, num_samples=num_sample_rows**2, horizontal_flip=horizontal_flip,
-            short_clips=short_clips, image_folder=image_folder, num_images_per_clip=num_images_per_clip,
-            num_workers=num_workers, progress=progress and self.is_main,
-        )  # fmt: skip
+        self.data = self._training_data(diffusion_model, folder, image_folder, broadcast_object_list([data_seed])[0])
         self.ds = self.data.ds
 
         self.model = diffusion_model
-        self.ema = EMA(ema_decay)
-        self.ema_model = copy.deepcopy(diffusion_model).requires_grad_(False)
-        self.opt = Adam(diffusion_model.parameters(), lr=train_lr)
-        self.training_model = self.accelerator.prepare_model(diffusion_model)  # on the device; DDP-wrapped when parallel
-        self.ema_model.to(self.device)
-
-        self.amp = amp
-        self.autocast_dtype = torch.float16 if self.device.type == "cuda" else torch.bfloat16
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=amp and self.device.type == "cuda")
+        self.ema_model = copy.deepcopy(diffusion_model).requires_grad_(False).to(self.device)
+        if compile:
+            compile_denoiser(self.model.denoise_fn, compile)
+            compile_denoiser(self.ema_model.denoise_fn, compile)
+        # on the device, DDP-wrapped when parallel, autocast under mixed precision
+        self.training_model, self.opt = self.accelerator.prepare(diffusion_model, Adam(diffusion_model.parameters(), lr=train_lr))
+        self.scaler = self.accelerator.scaler or torch.amp.GradScaler(self.device.type, enabled=False)
 
         self.step = 0
+        self.milestone = max(list_milestones(self.results_folder), default=0)  # the last one written
         self.losses: list[float] = []
-        self.results_folder = Path(results_folder)
-        if self.is_main:
-            self.results_folder.mkdir(parents=True, exist_ok=True)
-            remove_temporary_files(self.results_folder)  # left by a run killed while saving
         self.reset_parameters()
+
+    def _training_data(self, diffusion: GaussianDiffusion, folder: Any, image_folder: Any, seed: int) -> TrainingData:
+        spec = DenoiserSpec.of(diffusion.denoise_fn)
+        embed_text = None
+        if spec.text:
+            embed_text = bert_embedder(return_cls_repr=diffusion.text_use_bert_cls, model=diffusion.bert_model, device=self.device)
+        return TrainingData(
+            folder, video_shape=(diffusion.channels, diffusion.num_frames, self.image_size), spec=spec,
+            embed_text=embed_text, seed=seed, cond_drop_prob=self.cond_drop_prob, num_samples=self.num_sample_rows**2,
+            horizontal_flip=self.horizontal_flip, short_clips=self.short_clips, image_folder=image_folder,
+            num_images_per_clip=self.num_images_per_clip, validation_clips=self.validation_clips,
+            progress=self.progress and self.is_main,
+        )  # fmt: skip
+
+    @classmethod
+    def default_settings(cls) -> dict[str, Any]:
+        """The run settings' defaults, read from this constructor's signature."""
+        parameters = inspect.signature(cls.__init__).parameters
+        return {name: parameters[name].default for name in RUN_SETTINGS}
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """The run settings, by their argument names."""
+        return {name: getattr(self, name) for name in RUN_SETTINGS}
 
     @property
     def is_main(self) -> bool:
         return self.accelerator.is_main_process
+
+    @property
+    def batch_size(self) -> int:
+        return self.train_batch_size
+
+    @property
+    def ema(self) -> EMA:
+        return EMA(self.ema_decay)
+
+    @property
+    def autocast_dtype(self) -> torch.dtype:
+        return autocast_dtype(self.accelerator)
 
     # ------------------------------------------------------------ EMA (the original's semantics)
 
@@ -223,38 +257,49 @@ class Trainer:
 
     # ------------------------------------------------------------ training
 
-    def _train_step(self, batches: Iterator, prob_focus_present: float, focus_present_mask: Tensor | None) -> float:
-        """One optimisation step over `gradient_accumulate_every` batches; returns the mean loss."""
-        total = torch.zeros((), device=self.device)
-        for index in range(self.gradient_accumulate_every):
-            videos, kwargs = next(batches)
-            last = index == self.gradient_accumulate_every - 1
-            # gradients are averaged across processes only on the last backward pass
-            with nullcontext() if last else self.accelerator.no_sync(self.training_model):
-                with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.amp):
-                    loss = self.training_model(
-                        videos, prob_focus_present=prob_focus_present, focus_present_mask=focus_present_mask, **kwargs
-                    )
-                self.accelerator.backward(self.scaler.scale(loss / self.gradient_accumulate_every))
-            total += loss.detach().float()
-
+    def _gradient_norm(self) -> Tensor:
+        """The total gradient norm before clipping (clipped to `max_grad_norm` when set)."""
+        self.accelerator.unscale_gradients()
         if exists(self.max_grad_norm):
-            self.scaler.unscale_(self.opt)
-            nn.utils.clip_grad_norm_(self.model.parameters(), self.max_grad_norm)
-        self.scaler.step(self.opt)
-        self.scaler.update()
-        self.opt.zero_grad(set_to_none=True)
-        return self.accelerator.reduce(total / self.gradient_accumulate_every, reduction="mean").item()
+            return nn.utils.clip_grad_norm_(self.model.parameters(), self.max_grad_norm)
+        return nn.utils.get_total_norm([p.grad for p in self.model.parameters() if p.grad is not None])
 
-    def _milestone_after(self, step: int) -> int | None:
-        """The milestone that step `step` (0-based) ends, if any: every `save_and_sample_every`
+    def _train_step(self, batches: Iterator[Batch], focus: dict[str, Any]) -> tuple[Tensor, Tensor]:
+        """One optimisation step over `gradient_accumulate_every` batches; returns the mean
+        loss over batches and processes and the gradient norm, on the device (no sync)."""
+        total, norm = torch.zeros((), device=self.device), torch.zeros((), device=self.device)
+        for _ in range(self.gradient_accumulate_every):
+            videos, cond, independent_frames = next(batches)
+            # accelerate divides the loss, skips the gradient sync across processes and
+            # the optimizer step until the last batch of the step
+            with self.accelerator.accumulate(self.training_model):
+                loss = self.training_model(
+                    videos, cond=cond, null_cond_prob=self.cond_drop_prob, independent_frames=independent_frames, **focus
+                )
+                self.accelerator.backward(loss)
+                if self.accelerator.sync_gradients:
+                    norm = self._gradient_norm()
+                self.opt.step()
+                self.opt.zero_grad(set_to_none=True)
+            total += loss.detach().float()
+        return self.accelerator.reduce(total / self.gradient_accumulate_every, reduction="mean"), norm
+
+    def _check_finite(self, loss: float, norm: float, step: int) -> None:
+        """Stop at a NaN or infinite loss, or gradient norm (without a gradient scaler,
+        which skips such steps), before the step's weights reach the EMA or a checkpoint."""
+        if math.isfinite(loss) and (math.isfinite(norm) or self.scaler.is_enabled()):
+            return
+        what = f"the training loss is {loss}" if not math.isfinite(loss) else f"the gradient norm is {norm}"
+        last = f"; the last is model-{self.milestone}.pt" if self.milestone else ""
+        raise NonFiniteLossError(
+            f"{what} at step {step}: training stopped before any non-finite weights were written (checkpoints in "
+            f"{self.results_folder} are intact{last}); lower train_lr, set max_grad_norm, or check the data"
+        )
+
+    def _milestone_after(self, step: int) -> bool:
+        """Whether step `step` (0-based) ends a milestone: every `save_and_sample_every`
         steps as in the original (not step 0), and the last step of the run."""
-        every = self.save_and_sample_every
-        if step != 0 and step % every == 0:
-            return step // every
-        if step == self.train_num_steps - 1:
-            return step // every + 1
-        return None
+        return (step != 0 and step % self.save_and_sample_every == 0) or step == self.train_num_steps - 1
 
     def train(
         self,
@@ -269,126 +314,124 @@ class Trainer:
                 (the U-net's "focus on the present").
             focus_present_mask: bool `(batch,)`, overriding `prob_focus_present`.
             log_fn: called on the main process after every step with `{'loss': mean loss
-                of the step over its batches and processes}`, plus `'sample'`: the path of
-                the grid GIF at milestones.
+                of the step over its batches and processes}`, plus at milestones `'sample'`
+                (the path of the grid GIF) and `'validation_loss'` (with held-out clips).
+        Raises `NonFiniteLossError` naming the step when the loss becomes NaN or infinite.
         """
         if not callable(log_fn):
             raise TypeError(f"log_fn must be callable, got {type(log_fn).__name__}")
+        focus = dict(prob_focus_present=prob_focus_present, focus_present_mask=focus_present_mask)
         if exists(focus_present_mask):
-            focus_present_mask = focus_present_mask.to(self.device)
-        batches = self.data.batches()
+            focus["focus_present_mask"] = focus_present_mask.to(self.device)
+        if self.is_main and not self._lock.held:
+            self._lock.acquire()
+        self.accelerator.gradient_accumulation_steps = self.gradient_accumulate_every  # shared by the process's Trainers
+        self.accelerator.step = 0
+        start_trackers(self.accelerator, self.settings)
+        batches = self.data.batches(self.accelerator, self.train_batch_size, self.num_workers)
+        try:
+            self._train_loop(batches, focus, log_fn)
+        finally:
+            batches.close()
+            self.accelerator.end_training()
+            self._lock.release()
+        logger.info("training completed at step %d", self.step)
+
+    def _train_loop(self, batches: Iterator[Batch], focus: dict[str, Any], log_fn: Callable) -> None:
         bar = tqdm(
             total=self.train_num_steps, initial=self.step, desc="training",
             disable=not (self.progress and self.is_main), dynamic_ncols=True,
         )  # fmt: skip
         with bar:
             while self.step < self.train_num_steps:
-                step = self.step
-                loss = self._train_step(batches, prob_focus_present, focus_present_mask)
-                if not math.isfinite(loss):  # the loss is on the host already: no extra sync
-                    raise NonFiniteLossError(
-                        f"the training loss is {loss} at step {step}: training stopped before any non-finite "
-                        f"weights were written (checkpoints in {self.results_folder} are intact); lower train_lr, "
-                        "set max_grad_norm, or check the data"
-                    )
+                step, started = self.step, time.perf_counter()
+                loss, norm = self._train_step(batches, focus)
+                loss, norm = torch.stack((loss, norm.float())).tolist()  # the step's one host sync
+                self._check_finite(loss, norm, step)
                 if step % self.update_ema_every == 0:
                     self.step_ema()
                 self.step += 1
                 self.losses.append(loss)
-                log: dict[str, Any] = {"loss": loss}
-
-                milestone = self._milestone_after(step)
-                if exists(milestone):
-                    self.save(milestone)
-                    if self.is_main:
-                        log["sample"] = str(self._write_samples(milestone))
-                        plot_losses(self.losses, self.results_folder / "loss.png")
+                lr = self.opt.param_groups[0]["lr"]
+                steps_per_s = 1 / (time.perf_counter() - started)
+                self.accelerator.log(dict(loss=loss, lr=lr, grad_norm=norm, steps_per_s=steps_per_s), step=self.step)
+                log = {"loss": loss}
+                if self._milestone_after(step):
+                    log.update(self._milestone())
                 if self.is_main:
                     log_fn(log)
                 bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
                 bar.update()
-        batches.close()
-        logger.info("training completed at step %d", self.step)
 
-    # ------------------------------------------------------------ samples
+    def _milestone(self) -> dict[str, Any]:
+        """Save the next milestone; on the main process also write and log its samples, the
+        loss curve and the validation loss. Returns what `log_fn` reports of it."""
+        milestone = self.milestone + 1
+        self.save(milestone)
+        if not self.is_main:
+            return {}
+        path, grid = write_samples(
+            self.ema_model, self.data, self.results_folder / f"{milestone}.gif", rows=self.num_sample_rows,
+            batch_size=self.train_batch_size, cond_scale=self.sample_cond_scale, seed=self.sample_seed,
+            progress=self.progress,
+        )  # fmt: skip
+        log_sample_grid(self.accelerator, grid, self.step)
+        plot_losses(self.losses, self.results_folder / "loss.png")
+        log: dict[str, Any] = {"sample": str(path)}
+        held_out = self.data.validation_batch()
+        if exists(held_out):
+            log["validation_loss"] = validation_loss(self.ema_model, held_out.videos, held_out.cond, seed=self.sample_seed)
+            self.accelerator.log({"validation_loss": log["validation_loss"]}, step=self.step)
+        return log
 
-    @torch.no_grad()
-    def _write_samples(self, milestone: int) -> Path:
-        """Sample `num_sample_rows ** 2` videos from the EMA model into `{milestone}.gif`
-        (and their prompts into `{milestone}.txt`); the noise is the same at every milestone."""
-        n = self.num_sample_rows**2
-        conditions, prompts = self.data.sample_conditions(n)
-        generator = torch.Generator(self.device).manual_seed(self.sample_seed)
-        videos, start = [], 0
-        for size in num_to_groups(n, self.batch_size):
-            cond = conditions[start : start + size].to(self.device) if exists(conditions) else None
-            videos.append(self.ema_model.sample(
-                cond=cond, cond_scale=self.sample_cond_scale, batch_size=size, generator=generator,
-                progress=self.progress,
-            ))  # fmt: skip
-            start += size
-        path = self.results_folder / f"{milestone}.gif"
-        video_tensor_to_gif(video_grid(torch.cat(videos).cpu(), self.num_sample_rows), path)
-        if exists(prompts):
-            atomic_write_text(self.results_folder / f"{milestone}.txt", "\n".join(prompts) + "\n")
-        return path
+    @property
+    def sample_seed(self) -> int:
+        return default(self.seed, 0)
 
     # ------------------------------------------------------------ checkpoints
 
-    def save(self, milestone: int) -> Path:
-        """Write `results_folder/model-{milestone}.pt` atomically (main process; every
-        process must call it, since each contributes its random state)."""
+    def save(self, milestone: int | None = None) -> Path:
+        """Write `results_folder/model-{milestone}.pt` (default: the next milestone) and
+        `run.json` atomically, on the main process; every process must call it, since each
+        contributes its random state. A full disk leaves the earlier checkpoints intact."""
         rng = gather_object([capture_rng_state()])  # one entry per process
+        milestone = default(milestone, self.milestone + 1)
         path = checkpoint_path(self.results_folder, milestone)
         if self.is_main:
+            checkpoint = run_checkpoint(self, rng)
             try:
-                config = describe_model(self.model)
-            except TypeError:  # a custom denoiser: the checkpoint still resumes training
-                config = None
-            checkpoint = {
-                "step": self.step,
-                "model": self.model.state_dict(),
-                "ema": self.ema_model.state_dict(),
-                "scaler": self.scaler.state_dict(),
-                "format_version": FORMAT_VERSION,
-                "optimizer": self.opt.state_dict(),
-                "rng": rng,
-                "data": self.data.state_dict(),
-                "losses": torch.tensor(self.losses, dtype=torch.float64),
-                "config": config,
-            }
-            save_checkpoint(checkpoint, path)
+                save_checkpoint(checkpoint, path)
+                write_run_file(self.results_folder, self.settings, step=self.step, milestone=milestone)
+            except OSError as error:
+                raise OSError(f"could not write {path} ({error}); the earlier checkpoints are intact") from error
+        self.milestone = max(self.milestone, milestone)
         self.accelerator.wait_for_everyone()
         return path
 
-    def load(self, milestone: int = -1, *, strict: bool = True) -> None:
-        """Restore `results_folder/model-{milestone}.pt` (-1: the latest milestone).
+    def load(self, milestone: int = -1, *, strict: bool = True) -> list[str]:
+        """Restore `results_folder/model-{milestone}.pt` (-1: the one of the latest step)
+        with `restore`; returns its report of settings that differ from the checkpoint's.
 
         Checkpoints of the original library load too; they hold no optimizer or random
         state, so Adam's moments and the data order start afresh.
         """
-        milestone = resolve_milestone(self.results_folder, milestone)
-        path = checkpoint_path(self.results_folder, milestone)
-        checkpoint = load_checkpoint(path)
-        try:
-            self.model.load_state_dict(checkpoint["model"], strict=strict)
-            self.ema_model.load_state_dict(checkpoint["ema"], strict=strict)
-        except RuntimeError as error:
-            raise ValueError(f"{path} does not fit this model: {error}") from error
-        self.step = int(checkpoint["step"])
-        if checkpoint["scaler"] and self.scaler.is_enabled():
-            self.scaler.load_state_dict(checkpoint["scaler"])
-        if "format_version" not in checkpoint:
-            logger.info("%s comes from the original library: Adam and the data order start afresh", path)
-            return
-        self.opt.load_state_dict(checkpoint["optimizer"])
-        self.data.load_state_dict(checkpoint["data"])
-        self.losses = checkpoint["losses"].tolist()
-        states = checkpoint["rng"]
-        if len(states) == self.accelerator.num_processes:
-            restore_rng_state(states[self.accelerator.process_index])
-        else:
-            logger.warning(
-                "%s was written by %d processes, not %d: random streams continue from the current state",
-                path, len(states), self.accelerator.num_processes,
-            )  # fmt: skip
+        path = checkpoint_path(self.results_folder, resolve_milestone(self.results_folder, milestone))
+        return self.restore(load_checkpoint(path), strict=strict, source=path)
+
+    def restore(
+        self, checkpoint: dict[str, Any], *, keep: set[str] | None = None, strict: bool = True, source: Any = "the checkpoint"
+    ) -> list[str]:
+        """Continue from a loaded checkpoint: weights, EMA copy, step, Adam, scaler, random
+        states, data positions and run settings.
+
+        Args:
+            checkpoint: as read by `checkpoint.load_checkpoint`.
+            keep: settings that stay as this Trainer has them (default: those given to
+                the constructor with a non-default value); the others take the
+                checkpoint's values.
+            strict: the weights must match the model's parameters exactly.
+            source: names the checkpoint in messages.
+        Returns one line per setting that differs from the checkpoint's and stays, such as
+        `train_lr: 0.0001 -> 0.0003` (also logged).
+        """
+        return restore_run(self, checkpoint, keep=default(keep, self.explicit_settings), strict=strict, source=source)

@@ -1,26 +1,49 @@
-"""The Trainer's data: clips (and images for joint training), their conditions, and where
-each stream stands, checked against the model once, at construction."""
+"""The Trainer's data: clips (and images for joint training), their conditions, a few
+held-out clips for the validation loss, and where each stream stands.
+
+It yields plain values (videos, conditions, the per-frame mask of joint training); it is
+told the clip shape, what the denoiser takes and how to embed captions, and knows
+nothing of the diffusion model itself.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, NamedTuple
 
 import torch
+from accelerate import Accelerator
 from einops import rearrange
 from torch import Tensor
+from torch.utils.data import Subset
 
 from .checks import check_finite, check_video_values
 from .data import ImageDataset, VideoDataset
-from .diffusion import GaussianDiffusion
+from .denoiser import DenoiserSpec
 from .helpers import exists
-from .loader import CaptionEmbeddings, condition_kind, endless_loader, split_item
+from .loader import CaptionEmbeddings, PositionSeeded, condition_kind, endless_loader, split_item
 from .text import embed_texts
 
 logger = logging.getLogger(__name__)
 
 IMAGE_STREAM_OFFSET = 2**32  # the image stream's seed, apart from every epoch seed of the clip stream
+VALIDATION_STREAM_OFFSET = 2**33  # the held-out clips' augmentation seed
+
+
+class Batch(NamedTuple):
+    """One batch on the device: `videos (b, c, f, h, w)` in [0, 1] (f includes the images
+    of joint training), `cond (b, cond_dim)` or None, and `independent_frames (f,)` (True
+    for appended images) or None."""
+
+    videos: Tensor
+    cond: Tensor | None
+    independent_frames: Tensor | None
+
+
+def bert_embedder(*, return_cls_repr: bool, model: str | None, device: torch.device) -> Callable[[list[str]], Tensor]:
+    """Captions -> BERT embeddings `(n, 768)`, with a model's text settings."""
+    return lambda texts: embed_texts(texts, return_cls_repr=return_cls_repr, device=device, model=model)
 
 
 def _first_item(dataset: Any, what: str) -> tuple[Tensor, Any]:
@@ -31,71 +54,60 @@ def _first_item(dataset: Any, what: str) -> tuple[Tensor, Any]:
     return split_item(dataset[0])
 
 
+def default_validation_clips(num_clips: int) -> int:
+    """Clips held out when not told: a tenth of the data, at most 8 (none below 10 clips)."""
+    return min(8, num_clips // 10)
+
+
 class TrainingData:
-    """Batches for the Trainer, ready for `GaussianDiffusion.forward`.
+    """Batches for the Trainer.
 
     Args:
-        diffusion: the model; sets the clip shape and which conditions it takes.
         folder: a folder for `VideoDataset`, or a dataset (see `Trainer`).
-        batch_size: clips per batch, per process.
+        video_shape: `(channels, frames, size)` of the clips the model takes.
+        spec: what the denoiser takes; the dataset's conditions are checked against it.
+        embed_text: captions -> embeddings, for text-conditioned models.
         seed: the seed of the data order, the same in every process.
-        device: where batches go.
-        rank, num_processes: this process among the data-parallel ones.
-        cond_drop_prob: the model's `null_cond_prob` during training.
+        cond_drop_prob: the caption dropout the model will be trained with (checked here).
         num_samples: how many conditions `sample_conditions` must provide.
         horizontal_flip, short_clips: `VideoDataset` options (folders only).
         image_folder, num_images_per_clip: joint image-video training.
-        num_workers: DataLoader worker processes.
+        validation_clips: the last items of the dataset, held out of training for the
+            validation loss (None: `default_validation_clips`).
         progress: show a progress bar while captions are embedded.
     """
 
     def __init__(
         self,
-        diffusion: GaussianDiffusion,
         folder: str | os.PathLike | Any,
         *,
-        batch_size: int,
+        video_shape: tuple[int, int, int],
+        spec: DenoiserSpec,
+        embed_text: Callable[[list[str]], Tensor] | None,
         seed: int,
-        device: torch.device,
-        rank: int = 0,
-        num_processes: int = 1,
         cond_drop_prob: float = 0.0,
         num_samples: int = 1,
         horizontal_flip: bool = False,
         short_clips: str = "pad",
         image_folder: str | os.PathLike | Any | None = None,
         num_images_per_clip: int = 0,
-        num_workers: int = 0,
+        validation_clips: int | None = None,
         progress: bool = True,
     ):
-        self.batch_size, self.seed, self.device = batch_size, seed, device
-        self.rank, self.num_processes, self.num_workers = rank, num_processes, num_workers
-        self.cond_drop_prob, self.has_cond = cond_drop_prob, diffusion.has_cond
-        self.num_frames = diffusion.num_frames
-        self.position = 0  # in the stream of clips, over all processes
-        self.image_position = 0
-        channels, size = diffusion.channels, diffusion.image_size
-
-        if isinstance(folder, (str, os.PathLike)):
-            self.ds = VideoDataset(
-                folder, size, channels, self.num_frames, horizontal_flip=horizontal_flip, short_clips=short_clips
-            )
-            logger.info("found %d videos in %s", len(self.ds), folder)
-        elif horizontal_flip:
-            raise ValueError("horizontal_flip applies to a folder; a dataset does its own transforms")
-        else:
-            self.ds = folder
+        channels, self.num_frames, size = video_shape
+        self.seed, self.position, self.image_position = seed, 0, 0  # positions: in the streams, over all processes
+        self.ds = self._clips(folder, video_shape, horizontal_flip, short_clips)
         video, condition = _first_item(self.ds, "the training data")
-        expected = (channels, self.num_frames, size, size)
-        if tuple(video.shape) != expected:
+        if tuple(video.shape) != (channels, self.num_frames, size, size):
             raise ValueError(
-                f"the model takes videos (channels, frames, height, width) = {expected}, "
+                f"the model takes videos (channels, frames, height, width) = {(channels, self.num_frames, size, size)}, "
                 f"but the dataset yields {tuple(video.shape)}"
             )
         check_video_values(video, "the training data's first video")  # fail at once, not at the first batch
         self.condition_kind = condition_kind(condition)
         shape = tuple(condition.shape) if self.condition_kind == "vector" else None
-        diffusion.spec.check_condition(self.condition_kind, shape=shape, cond_drop_prob=cond_drop_prob, source="dataset")
+        spec.check_condition(self.condition_kind, shape=shape, cond_drop_prob=cond_drop_prob, source="dataset")
+        self._split(validation_clips)
 
         self.caption_embeddings = None
         self.vector_samples = None  # the conditions of the first items, for vector-conditioned samples
@@ -103,68 +115,116 @@ class TrainingData:
             captions = getattr(self.ds, "captions", None)
             if captions is None:
                 raise ValueError("a dataset of (video, caption) pairs must list every caption in a `captions` attribute")
-
-            def embed(texts: list[str]) -> Tensor:
-                return embed_texts(texts, return_cls_repr=diffusion.text_use_bert_cls, device=device, model=diffusion.bert_model)
-
-            self.caption_embeddings = CaptionEmbeddings(captions, embed, progress=progress)
+            self.caption_embeddings = CaptionEmbeddings(captions, embed_text, progress=progress)
         elif self.condition_kind == "vector":
             self.vector_samples = torch.stack([split_item(self.ds[i % len(self.ds)])[1] for i in range(num_samples)])
+        self.num_images_per_clip = num_images_per_clip
+        self.image_ds = self._images(image_folder, num_images_per_clip, channels, size, horizontal_flip)
 
-        self.num_images_per_clip, self.image_ds = num_images_per_clip, None
-        if (image_folder is None) != (num_images_per_clip == 0):
+    @staticmethod
+    def _clips(folder: Any, video_shape: tuple[int, int, int], horizontal_flip: bool, short_clips: str) -> Any:
+        if isinstance(folder, (str, os.PathLike)):
+            channels, frames, size = video_shape
+            dataset = VideoDataset(folder, size, channels, frames, horizontal_flip=horizontal_flip, short_clips=short_clips)
+            logger.info("found %d videos in %s", len(dataset), folder)
+            return dataset
+        if horizontal_flip:
+            raise ValueError("horizontal_flip applies to a folder; a dataset does its own transforms")
+        return folder
+
+    def _split(self, validation_clips: int | None) -> None:
+        """Hold the last `validation_clips` items out of the training stream."""
+        held_out = default_validation_clips(len(self.ds)) if validation_clips is None else validation_clips
+        if not isinstance(held_out, int) or not 0 <= held_out < len(self.ds):
+            raise ValueError(
+                f"validation_clips must be an integer in [0, {len(self.ds)}) for a dataset of {len(self.ds)} items, "
+                f"got {validation_clips!r}"
+            )
+        kept = len(self.ds) - held_out
+        self.train_ds = Subset(self.ds, range(kept)) if held_out else self.ds
+        self.validation_ds = Subset(self.ds, range(kept, len(self.ds))) if held_out else None
+
+    @staticmethod
+    def _images(image_folder: Any, num_images: int, channels: int, size: int, horizontal_flip: bool) -> Any:
+        if (image_folder is None) != (num_images == 0):
             raise ValueError(
                 "joint image-video training needs both image_folder and num_images_per_clip > 0, "
-                f"got image_folder={image_folder!r} and num_images_per_clip={num_images_per_clip}"
+                f"got image_folder={image_folder!r} and num_images_per_clip={num_images}"
             )
-        if image_folder is not None:
-            if isinstance(image_folder, (str, os.PathLike)):
-                self.image_ds = ImageDataset(image_folder, size, channels, horizontal_flip=horizontal_flip)
-            else:
-                self.image_ds = image_folder
-            image, _ = _first_item(self.image_ds, "the image data")
-            if tuple(image.shape) != (channels, size, size):
-                raise ValueError(f"the model takes images {(channels, size, size)}, but the image data yields {tuple(image.shape)}")
+        if image_folder is None:
+            return None
+        if isinstance(image_folder, (str, os.PathLike)):
+            images = ImageDataset(image_folder, size, channels, horizontal_flip=horizontal_flip)
+        else:
+            images = image_folder
+        image, _ = _first_item(images, "the image data")
+        if tuple(image.shape) != (channels, size, size):
+            raise ValueError(f"the model takes images {(channels, size, size)}, but the image data yields {tuple(image.shape)}")
+        return images
 
-    def batches(self) -> Iterator[tuple[Tensor, dict[str, Any]]]:
-        """Endless `(videos, keywords for the model)` on the device, from the current positions on."""
-        options = dict(
-            rank=self.rank, num_replicas=self.num_processes, num_workers=self.num_workers,
-            pin_memory=self.device.type == "cuda",
+    # ------------------------------------------------------------ streams
+
+    def _loader(self, accelerator: Accelerator, dataset: Any, batch_size: int, seed: int, start: int, num_workers: int) -> Any:
+        loader = endless_loader(
+            dataset, batch_size, seed=seed, start=start, num_workers=num_workers,
+            pin_memory=accelerator.device.type == "cuda",
         )  # fmt: skip
-        clips = iter(endless_loader(self.ds, self.batch_size, seed=self.seed, start=self.position, **options))
-        images = None
-        if exists(self.image_ds):
-            k = self.num_images_per_clip
-            images = iter(endless_loader(
-                self.image_ds, self.batch_size * k, seed=self.seed + IMAGE_STREAM_OFFSET,
-                start=self.image_position, **options,
-            ))  # fmt: skip
-            independent_frames = torch.tensor([False] * self.num_frames + [True] * k, device=self.device)
+        # each process its own batches; they stay on the CPU until their values are checked
+        return accelerator.prepare_data_loader(loader, device_placement=False)
 
+    def _condition(self, condition: Any, device: torch.device, where: str = "") -> Tensor | None:
+        if self.condition_kind == "text":
+            return self.caption_embeddings(condition).to(device)
+        if self.condition_kind == "vector":
+            check_finite(condition, f"{where}: cond")
+            return condition.to(device)
+        return None
+
+    def batches(self, accelerator: Accelerator, batch_size: int, num_workers: int = 0) -> Iterator[Batch]:
+        """Endless batches of `batch_size` clips per process, from the current positions on."""
+        loaders = [self._loader(accelerator, self.train_ds, batch_size, self.seed, self.position, num_workers)]
+        k = self.num_images_per_clip
+        if exists(self.image_ds):
+            seed = self.seed + IMAGE_STREAM_OFFSET
+            loaders.append(self._loader(accelerator, self.image_ds, batch_size * k, seed, self.image_position, num_workers))
+        try:
+            yield from self._batches(accelerator, batch_size, *map(iter, loaders))
+        finally:
+            for loader in loaders:
+                loader.end()  # accelerate forgets the endless loaders
+
+    def _batches(self, accelerator: Accelerator, batch_size: int, clips: Iterator, images: Iterator | None = None) -> Iterator[Batch]:
+        device, processes, k = accelerator.device, accelerator.num_processes, self.num_images_per_clip
+        independent_frames = None
+        if exists(images):
+            independent_frames = torch.tensor([False] * self.num_frames + [True] * k, device=device)
+        rank = accelerator.process_index
         while True:
             videos, condition = split_item(next(clips))
-            where = f"the training data's batch at stream position {self.position + self.rank}"
-            check_video_values(videos, f"{where}: videos")  # on the CPU, before the transfer
-            self.position += self.batch_size * self.num_processes
-            videos = videos.to(self.device)
-            kwargs: dict[str, Any] = {}
-            if self.condition_kind == "text":
-                kwargs["cond"] = self.caption_embeddings(condition).to(self.device)
-            elif self.condition_kind == "vector":
-                check_finite(condition, f"{where}: cond")
-                kwargs["cond"] = condition.to(self.device)
-            if self.has_cond:
-                kwargs["null_cond_prob"] = self.cond_drop_prob
+            # values are checked on the CPU, before the transfer (no device sync)
+            where = f"the training data's batch at stream position {self.position + rank * batch_size}"
+            check_video_values(videos, f"{where}: videos")
+            self.position += batch_size * processes
+            videos = videos.to(device, non_blocking=True)
             if exists(images):
                 image_batch, _ = split_item(next(images))
-                check_video_values(image_batch, f"the image data's batch at stream position {self.image_position + self.rank}")
-                self.image_position += self.batch_size * self.num_images_per_clip * self.num_processes
+                check_video_values(image_batch, f"the image data's batch at stream position {self.image_position + rank * batch_size * k}")
+                self.image_position += batch_size * k * processes
                 # (b * k, c, h, w) -> (b, c, k, h, w): k extra frames per clip
-                image_batch = rearrange(image_batch.to(self.device), "(b k) c h w -> b c k h w", b=videos.shape[0])
+                image_batch = rearrange(image_batch.to(device, non_blocking=True), "(b k) c h w -> b c k h w", b=videos.shape[0])
                 videos = torch.cat((videos, image_batch), dim=2)  # (b, c, f + k, h, w)
-                kwargs["independent_frames"] = independent_frames
-            yield videos, kwargs
+            yield Batch(videos, self._condition(condition, device, where), independent_frames)
+
+    def validation_batch(self) -> Batch | None:
+        """The held-out clips and their conditions, on the CPU, the same at every call."""
+        if self.validation_ds is None:
+            return None
+        items = PositionSeeded(self.validation_ds, self.seed + VALIDATION_STREAM_OFFSET)
+        videos, conditions = zip(*(split_item(items[index, index]) for index in range(len(items))))
+        cond = None
+        if self.condition_kind != "none":
+            cond = self._condition(list(conditions) if self.condition_kind == "text" else torch.stack(conditions), torch.device("cpu"))
+        return Batch(torch.stack(videos), cond, None)
 
     def sample_conditions(self, n: int) -> tuple[Tensor | None, list[str] | None]:
         """Conditions `(n, cond_dim)` for milestone samples, and their prompts for text models
@@ -178,7 +238,9 @@ class TrainingData:
         return None, None
 
     def state_dict(self) -> dict[str, int]:
+        """Where the streams stand: the data seed and the clip and image positions."""
         return {"seed": self.seed, "position": self.position, "image_position": self.image_position}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
+        """Continue the streams from a `state_dict`."""
         self.seed, self.position, self.image_position = state["seed"], state["position"], state["image_position"]

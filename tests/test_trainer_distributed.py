@@ -3,9 +3,12 @@
 import os
 import subprocess
 import sys
+from itertools import islice
 from pathlib import Path
 
 import torch
+
+from video_diffusion_pytorch.loader import InfiniteSampler
 
 SCRIPT = Path(__file__).parent / "distributed_training.py"
 REPO = Path(__file__).resolve().parents[1]
@@ -24,6 +27,14 @@ def test_two_processes_agree_and_only_the_main_one_writes(tmp_path):
             assert torch.equal(value, other[key][name]), (key, name)
     assert main["losses"] == other["losses"]  # the logged loss is the mean over processes
     assert main["data_position"] == 3 * 2 * 2 * 2  # steps x accumulation x batch x processes
+
+    # one stream of clips, dealt out by accelerate: batch k of the stream goes to process k % 2
+    assert main["data_seed"] == other["data_seed"]
+    stream = [index for index, _ in islice(InfiniteSampler(8, seed=main["data_seed"]), 4 * 6)]
+    batches = [stream[i : i + 2] for i in range(0, len(stream), 2)]
+    for rank, state in enumerate((main, other)):
+        taken = [state["read"][i : i + 2] for i in range(0, 12, 2)]  # the 6 batches of 3 steps x 2
+        assert taken == batches[rank::2][:6], rank
 
     # the main process wrote milestones 1 and 2 (steps 1 and 2; not step 0); the other wrote nothing
     written = sorted(p.name for p in (tmp_path / "results-rank0").iterdir())

@@ -133,7 +133,8 @@ def test_the_trainer_resumes_after_a_kill_left_a_temporary_file(tmp_path):
     assert temporaries(results) == []
     trainer.load()
     trainer.train()
-    assert trainer.step == 3 and load_checkpoint(results / "model-1.pt")["step"] == 3  # the last step, milestone 1
+    assert trainer.step == 3 and load_checkpoint(results / "model-2.pt")["step"] == 3  # the last step, the next milestone
+    assert load_checkpoint(results / "model-1.pt")["step"] == 2  # never replaced by another step's
 
 
 # ---------------------------------------------------------------- full disks

@@ -154,7 +154,14 @@ def test_a_nan_loss_stops_the_run_before_anything_is_written(tmp_path):
     good = (tmp_path / "model-2.pt").read_bytes()
     data.poisoned = True
     trainer.train_num_steps = 6
-    with pytest.raises(NonFiniteLossError, match=r"step 4: the training loss is nan.*model-2.pt is the last checkpoint"):
+    with pytest.raises(ValueError, match=r"batch at stream position 6: videos holds \d+ NaN"):
+        trainer.train()  # bad values are caught in the data, on the CPU
+    data.poisoned = False
+    assert trainer.data.position == 6  # the refused batch was not counted
+    weight = next(trainer.model.parameters())
+    with torch.no_grad():
+        weight.fill_(float("nan"))  # and a loss that turns NaN for another reason stops the run at its step
+    with pytest.raises(NonFiniteLossError, match=r"the training loss is nan at step 3: .*intact; the last is model-2.pt"):
         trainer.train()
     assert list_milestones(tmp_path) == [1, 2]
     assert (tmp_path / "model-2.pt").read_bytes() == good

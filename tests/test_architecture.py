@@ -17,7 +17,10 @@ LAYERS = [
     ("network", {"nn", "attention", "unet_inputs", "unet"}),
     ("diffusion", {"schedules", "process", "samplers", "conditioning", "generation", "diffusion"}),
     ("models and data", {"hub", "video_io", "data", "synthetic", "checkpoint", "metrics"}),
-    ("training", {"loader", "training_data", "ema", "results", "trainer", "demo"}),
+    ("training", {
+        "loader", "training_data", "ema", "results", "milestones", "run_settings", "run_lock", "run_state",
+        "accelerated", "optimisation", "tracking", "compilation", "trainer", "demo",
+    }),  # fmt: skip
     ("interface", {"cli", "__main__", "video_diffusion_pytorch", "__init__"}),
 ]
 LAYER_OF = {module: index for index, (_, modules) in enumerate(LAYERS) for module in modules}

@@ -14,9 +14,9 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, PartialState
-from accelerate.utils import parse_choice_from_env
+from accelerate.utils import broadcast_object_list, parse_choice_from_env, set_seed
 
-from .helpers import exists
+from .helpers import default, exists
 
 
 def build_accelerator(amp: bool, mixed_precision: str | None, log_with: Any, logging_dir: Path) -> Accelerator:
@@ -46,3 +46,16 @@ def autocast_dtype(accelerator: Accelerator) -> torch.dtype:
     if accelerator.mixed_precision == "bf16" or accelerator.device.type != "cuda":
         return torch.bfloat16
     return torch.float16
+
+
+def seed_processes(accelerator: Accelerator, seed: int | None) -> int:
+    """Seed every process's random generators from `seed` (offset by the process index),
+    or, without one, give each process noise of its own; returns the data seed, the same
+    in every process (`seed`, or drawn on the main process)."""
+    if exists(seed):
+        set_seed(seed, device_specific=True)
+    elif accelerator.num_processes > 1:
+        # fresh processes share torch's default seed; each needs its own noise
+        torch.manual_seed(torch.initial_seed() + accelerator.process_index)
+    data_seed = default(seed, lambda: int(torch.randint(2**62, ()).item()))
+    return broadcast_object_list([data_seed])[0]

@@ -1,8 +1,10 @@
-"""A milestone's samples: a grid of videos from the EMA model, the same noise every time."""
+"""What a Trainer writes and logs at a milestone besides its checkpoint: a grid of samples
+from the EMA model (the same noise every time), the loss curve and the validation loss."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -10,7 +12,8 @@ from torch import Tensor, nn
 from .data import video_tensor_to_gif
 from .files import atomic_write_text
 from .helpers import exists, num_to_groups
-from .results import video_grid
+from .results import plot_losses, validation_loss, video_grid
+from .tracking import log_sample_grid
 from .training_data import TrainingData
 
 
@@ -46,3 +49,23 @@ def write_samples(
     if exists(prompts):
         atomic_write_text(path.with_suffix(".txt"), "\n".join(prompts) + "\n")
     return path, grid
+
+
+def write_outputs(trainer: Any, milestone: int) -> dict[str, Any]:
+    """Write a Trainer's milestone `{milestone}.gif` and `loss.png`, send the grid and the
+    validation loss to its trackers; returns `{'sample': path, 'validation_loss': ...}`
+    (the loss only with held-out clips). Main process only."""
+    path, grid = write_samples(
+        trainer.ema_model, trainer.data, trainer.results_folder / f"{milestone}.gif", rows=trainer.num_sample_rows,
+        batch_size=trainer.train_batch_size, cond_scale=trainer.sample_cond_scale, seed=trainer.sample_seed,
+        progress=trainer.progress,
+    )  # fmt: skip
+    log_sample_grid(trainer.accelerator, grid, trainer.step)
+    plot_losses(trainer.losses, trainer.results_folder / "loss.png")
+    outputs: dict[str, Any] = {"sample": str(path)}
+    held_out = trainer.data.validation_batch()
+    if exists(held_out):
+        loss = validation_loss(trainer.ema_model, held_out.videos, held_out.cond, seed=trainer.sample_seed)
+        trainer.accelerator.log({"validation_loss": loss}, step=trainer.step)
+        outputs["validation_loss"] = loss
+    return outputs

@@ -10,10 +10,11 @@ reported in one line, `train_lr: 0.0001 -> 0.0003`.
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from .files import atomic_write_text
 
@@ -33,6 +34,12 @@ FIXED_SETTINGS = frozenset(
 )
 POSITIVE = ("train_batch_size", "gradient_accumulate_every", "update_ema_every", "save_and_sample_every", "num_sample_rows")
 NON_NEGATIVE = ("train_num_steps", "num_images_per_clip", "num_workers", "step_start_ema")
+
+
+def setting_defaults(init: Callable) -> dict[str, Any]:
+    """The run settings' defaults in the signature of `init` (the Trainer's constructor)."""
+    parameters = inspect.signature(init).parameters
+    return {name: parameters[name].default for name in RUN_SETTINGS}
 
 
 def _is_int(value: Any) -> bool:
@@ -103,17 +110,3 @@ def write_run_file(folder: str | os.PathLike, settings: dict[str, Any], *, step:
     record = {"run": jsonable_settings(settings), "latest": {"milestone": milestone, "step": step}}
     atomic_write_text(path, json.dumps(record, indent=2) + "\n")
     return path
-
-
-def read_run_file(folder: str | os.PathLike) -> dict[str, Any] | None:
-    """`folder/run.json` as written by `write_run_file`, or None when there is none."""
-    path = Path(folder) / RUN_FILE
-    if not path.is_file():
-        return None
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path} is not valid JSON: {error}") from error
-    if not isinstance(record, dict) or not isinstance(record.get("run"), dict):
-        raise ValueError(f"{path} does not hold a run's settings (a JSON object with 'run')")
-    return record

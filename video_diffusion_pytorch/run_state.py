@@ -1,7 +1,7 @@
 """What a Trainer checkpoint holds of its run, and how a Trainer continues from one.
 
 The file format (keys, safe loading, atomic saving) is `checkpoint`'s; this module fills
-it from a Trainer and restores a Trainer from it: weights, EMA copy, step, Adam, gradient
+it from a Trainer and restores a Trainer from it (passed in, as `trainer`): weights, EMA copy, step, Adam, gradient
 scaler, each process's random state, the data positions, the loss history and the run
 settings (see `run_settings`).
 """
@@ -9,7 +9,7 @@ settings (see `run_settings`).
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
@@ -17,13 +17,10 @@ from .checkpoint import FORMAT_VERSION, restore_rng_state
 from .hub import describe_model
 from .run_settings import FIXED_SETTINGS, check_settings, jsonable_settings, merge_settings
 
-if TYPE_CHECKING:
-    from .trainer import Trainer
-
 logger = logging.getLogger(__name__)
 
 
-def run_checkpoint(trainer: Trainer, rng: list[dict[str, Any]]) -> dict[str, Any]:
+def run_checkpoint(trainer: Any, rng: list[dict[str, Any]]) -> dict[str, Any]:
     """The checkpoint of `trainer` now, with `rng`, the random states of every process."""
     try:
         config = describe_model(trainer.model)
@@ -44,7 +41,7 @@ def run_checkpoint(trainer: Trainer, rng: list[dict[str, Any]]) -> dict[str, Any
     }
 
 
-def restore_run(trainer: Trainer, checkpoint: dict[str, Any], *, keep: set[str], strict: bool, source: Any) -> list[str]:
+def restore_run(trainer: Any, checkpoint: dict[str, Any], *, keep: set[str], strict: bool, source: Any) -> list[str]:
     """Continue `trainer` from `checkpoint` (see `Trainer.restore`); returns the report."""
     try:
         trainer.model.load_state_dict(checkpoint["model"], strict=strict)
@@ -67,7 +64,7 @@ def restore_run(trainer: Trainer, checkpoint: dict[str, Any], *, keep: set[str],
     return report
 
 
-def _restore_rng(trainer: Trainer, states: list[dict[str, Any]], source: Any) -> None:
+def _restore_rng(trainer: Any, states: list[dict[str, Any]], source: Any) -> None:
     processes, index = trainer.accelerator.num_processes, trainer.accelerator.process_index
     if len(states) == processes:
         restore_rng_state(states[index])
@@ -78,7 +75,7 @@ def _restore_rng(trainer: Trainer, states: list[dict[str, Any]], source: Any) ->
         )  # fmt: skip
 
 
-def _restore_settings(trainer: Trainer, saved: dict[str, Any], keep: set[str]) -> list[str]:
+def _restore_settings(trainer: Any, saved: dict[str, Any], keep: set[str]) -> list[str]:
     """Take the saved settings not in `keep`; report those kept, and those fixed when the
     Trainer was built, that differ."""
     merged, report = merge_settings(trainer.settings, saved, keep)

@@ -13,7 +13,6 @@ samples and logs, and only one run at a time may use a results folder.
 from __future__ import annotations
 
 import copy
-import inspect
 import logging
 import math
 import os
@@ -23,13 +22,12 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import torch
-from accelerate import Accelerator
-from accelerate.utils import broadcast_object_list, gather_object, set_seed
+from accelerate.utils import gather_object
 from torch import Tensor, nn
 from torch.optim import Adam
 from tqdm.auto import tqdm
 
-from .accelerated import autocast_dtype, build_accelerator
+from .accelerated import autocast_dtype, build_accelerator, seed_processes
 from .checkpoint import capture_rng_state, checkpoint_path, list_milestones, load_checkpoint, resolve_milestone, save_checkpoint
 from .compilation import compile_denoiser
 from .denoiser import DenoiserSpec
@@ -37,12 +35,12 @@ from .diffusion import GaussianDiffusion
 from .ema import EMA
 from .files import remove_temporary_files
 from .helpers import default, exists
-from .milestones import write_samples
-from .results import plot_losses, validation_loss
+from .milestones import write_outputs
+from .optimisation import optimisation_step
 from .run_lock import RunLock
-from .run_settings import RUN_SETTINGS, check_settings, write_run_file
+from .run_settings import RUN_SETTINGS, check_settings, setting_defaults, write_run_file
 from .run_state import restore_run, run_checkpoint
-from .tracking import log_sample_grid, start_trackers
+from .tracking import start_trackers
 from .training_data import Batch, TrainingData, bert_embedder
 
 logger = logging.getLogger(__name__)
@@ -177,15 +175,8 @@ class Trainer:
             self._lock.acquire()  # before any work: a second trainer on the folder stops at once
             weakref.finalize(self, self._lock.release)
             remove_temporary_files(self.results_folder)  # left by a run killed while saving
-        if exists(seed):
-            set_seed(seed, device_specific=True)
-        elif self.accelerator.num_processes > 1:
-            # fresh processes share torch's default seed; each needs its own noise
-            torch.manual_seed(torch.initial_seed() + self.accelerator.process_index)
-        data_seed = default(seed, lambda: int(torch.randint(2**62, ()).item()))
-
         self.image_size = diffusion_model.image_size
-        self.data = self._training_data(diffusion_model, folder, image_folder, broadcast_object_list([data_seed])[0])
+        self.data = self._training_data(diffusion_model, folder, image_folder, seed_processes(self.accelerator, seed))
         self.ds = self.data.ds
 
         self.model = diffusion_model
@@ -218,8 +209,7 @@ class Trainer:
     @classmethod
     def default_settings(cls) -> dict[str, Any]:
         """The run settings' defaults, read from this constructor's signature."""
-        parameters = inspect.signature(cls.__init__).parameters
-        return {name: parameters[name].default for name in RUN_SETTINGS}
+        return setting_defaults(cls.__init__)
 
     @property
     def settings(self) -> dict[str, Any]:
@@ -256,33 +246,6 @@ class Trainer:
         self.ema.update_model_average(self.ema_model, self.model)
 
     # ------------------------------------------------------------ training
-
-    def _gradient_norm(self) -> Tensor:
-        """The total gradient norm before clipping (clipped to `max_grad_norm` when set)."""
-        self.accelerator.unscale_gradients()
-        if exists(self.max_grad_norm):
-            return nn.utils.clip_grad_norm_(self.model.parameters(), self.max_grad_norm)
-        return nn.utils.get_total_norm([p.grad for p in self.model.parameters() if p.grad is not None])
-
-    def _train_step(self, batches: Iterator[Batch], focus: dict[str, Any]) -> tuple[Tensor, Tensor]:
-        """One optimisation step over `gradient_accumulate_every` batches; returns the mean
-        loss over batches and processes and the gradient norm, on the device (no sync)."""
-        total, norm = torch.zeros((), device=self.device), torch.zeros((), device=self.device)
-        for _ in range(self.gradient_accumulate_every):
-            videos, cond, independent_frames = next(batches)
-            # accelerate divides the loss, skips the gradient sync across processes and
-            # the optimizer step until the last batch of the step
-            with self.accelerator.accumulate(self.training_model):
-                loss = self.training_model(
-                    videos, cond=cond, null_cond_prob=self.cond_drop_prob, independent_frames=independent_frames, **focus
-                )
-                self.accelerator.backward(loss)
-                if self.accelerator.sync_gradients:
-                    norm = self._gradient_norm()
-                self.opt.step()
-                self.opt.zero_grad(set_to_none=True)
-            total += loss.detach().float()
-        return self.accelerator.reduce(total / self.gradient_accumulate_every, reduction="mean"), norm
 
     def _check_finite(self, loss: float, norm: float, step: int) -> None:
         """Stop at a NaN or infinite loss, or gradient norm (without a gradient scaler,
@@ -345,7 +308,10 @@ class Trainer:
         with bar:
             while self.step < self.train_num_steps:
                 step, started = self.step, time.perf_counter()
-                loss, norm = self._train_step(batches, focus)
+                loss, norm = optimisation_step(
+                    self.accelerator, self.training_model, self.opt, batches, self.gradient_accumulate_every,
+                    max_grad_norm=self.max_grad_norm, null_cond_prob=self.cond_drop_prob, **focus,
+                )  # fmt: skip
                 loss, norm = torch.stack((loss, norm.float())).tolist()  # the step's one host sync
                 self._check_finite(loss, norm, step)
                 if step % self.update_ema_every == 0:
@@ -364,25 +330,11 @@ class Trainer:
                 bar.update()
 
     def _milestone(self) -> dict[str, Any]:
-        """Save the next milestone; on the main process also write and log its samples, the
-        loss curve and the validation loss. Returns what `log_fn` reports of it."""
+        """Save the next milestone and, on the main process, its samples, loss curve and
+        validation loss (`milestones.write_outputs`); returns what `log_fn` reports of it."""
         milestone = self.milestone + 1
         self.save(milestone)
-        if not self.is_main:
-            return {}
-        path, grid = write_samples(
-            self.ema_model, self.data, self.results_folder / f"{milestone}.gif", rows=self.num_sample_rows,
-            batch_size=self.train_batch_size, cond_scale=self.sample_cond_scale, seed=self.sample_seed,
-            progress=self.progress,
-        )  # fmt: skip
-        log_sample_grid(self.accelerator, grid, self.step)
-        plot_losses(self.losses, self.results_folder / "loss.png")
-        log: dict[str, Any] = {"sample": str(path)}
-        held_out = self.data.validation_batch()
-        if exists(held_out):
-            log["validation_loss"] = validation_loss(self.ema_model, held_out.videos, held_out.cond, seed=self.sample_seed)
-            self.accelerator.log({"validation_loss": log["validation_loss"]}, step=self.step)
-        return log
+        return write_outputs(self, milestone) if self.is_main else {}
 
     @property
     def sample_seed(self) -> int:
@@ -398,12 +350,8 @@ class Trainer:
         milestone = default(milestone, self.milestone + 1)
         path = checkpoint_path(self.results_folder, milestone)
         if self.is_main:
-            checkpoint = run_checkpoint(self, rng)
-            try:
-                save_checkpoint(checkpoint, path)
-                write_run_file(self.results_folder, self.settings, step=self.step, milestone=milestone)
-            except OSError as error:
-                raise OSError(f"could not write {path} ({error}); the earlier checkpoints are intact") from error
+            save_checkpoint(run_checkpoint(self, rng), path)  # a full disk: one OSError, the file left as it was
+            write_run_file(self.results_folder, self.settings, step=self.step, milestone=milestone)
         self.milestone = max(self.milestone, milestone)
         self.accelerator.wait_for_everyone()
         return path

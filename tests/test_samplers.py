@@ -7,7 +7,10 @@ import pytest
 import torch
 
 from video_diffusion_pytorch import GaussianDiffusion, Unet3D
-from video_diffusion_pytorch.samplers import sample_ancestral, sample_ddim, spaced_timesteps
+from video_diffusion_pytorch.samplers import (
+    karras_timesteps, run_sampler, sample_ancestral, sample_ddim, sample_dpmpp_2m_sde, spaced_timesteps, timestep_schedule,
+)
+from video_diffusion_pytorch.schedules import cosine_beta_schedule, linear_beta_schedule, rescale_zero_terminal_snr
 
 TINY = dict(dim=8, dim_mults=(1, 2), attn_heads=2, attn_dim_head=8)
 SAMPLER_SETTINGS = [
@@ -112,9 +115,9 @@ def test_ddim_with_eta_zero_is_deterministic():
 MU, STD = 0.3, 0.5  # data ~ N(MU, STD²), so E[x_0 | x_t] is known in closed form
 
 
-def gaussian_setup(timesteps=1000):
+def gaussian_setup(timesteps=1000, abar=None):
     diffusion = make_diffusion(timesteps=timesteps)  # for its schedule tables only
-    abar = diffusion.alphas_cumprod.double()
+    abar = diffusion.alphas_cumprod.double() if abar is None else abar
 
     def denoise(x, t):
         a, var = abar[t].sqrt()[:, None], (1 - abar[t])[:, None]
@@ -152,6 +155,103 @@ def test_deterministic_ddim_converges_to_the_exact_flow_at_first_order():
         errors.append((out - exact_flow(x_T)).abs().max().item())
     assert 1.7 < errors[0] / errors[1] < 2.3 and 1.7 < errors[1] / errors[2] < 2.3
     assert errors[2] < 0.015
+
+
+def test_dpmpp_2m_sde_is_k_diffusions_solver_and_samples_the_data_distribution():
+    """The solver written in k-diffusion's variance-exploding form (x / sqrt(abar), sigma =
+    sqrt((1 - abar) / abar), `sample_dpmpp_2m_sde`, midpoint) takes the same path; with
+    enough steps it samples the data distribution."""
+    diffusion, denoise, _ = gaussian_setup()
+    abar = diffusion.alphas_cumprod.double()
+    x_T = torch.randn(8000, 1, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    steps = spaced_timesteps(1000, 10)
+    generator = torch.Generator().manual_seed(1)
+    x, previous = x_T / abar[steps[0]].sqrt(), None
+    for i, i_next in zip(steps, [*steps[1:], -1]):
+        denoised, _ = denoise(x * abar[i].sqrt(), torch.full((8000,), i))
+        if i_next < 0:
+            x = denoised
+            break
+        sigma, sigma_next = ((1 - abar[i]) / abar[i]).sqrt(), ((1 - abar[i_next]) / abar[i_next]).sqrt()
+        h = sigma.log() - sigma_next.log()
+        x = sigma_next / sigma * (-h).exp() * x + (-2 * h).expm1().neg() * denoised
+        if previous is not None:
+            x = x + 0.5 * (-2 * h).expm1().neg() * (h / h_previous) * (denoised - previous)
+        x = x + torch.randn(x.shape, generator=generator, dtype=x.dtype) * sigma_next * (-2 * h).expm1().neg().sqrt()
+        previous, h_previous = denoised, h
+    out = sample_dpmpp_2m_sde(denoise, x_T, steps, alphas_cumprod=diffusion.alphas_cumprod,
+                              generator=torch.Generator().manual_seed(1), progress=False)  # fmt: skip
+    torch.testing.assert_close(out, x, atol=1e-9, rtol=0)
+
+    out = sample_dpmpp_2m_sde(denoise, x_T, timestep_schedule(diffusion.alphas_cumprod, 50, "karras"),
+                              alphas_cumprod=diffusion.alphas_cumprod, generator=torch.Generator().manual_seed(1), progress=False)  # fmt: skip
+    assert abs(out.mean().item() - MU) < 0.02 and abs(out.std().item() - STD) < 0.02
+
+
+def test_dpmpp_2m_without_noise_converges_to_the_exact_flow_at_second_order():
+    """At eta = 0 the solver is DPM-Solver++(2M) on the probability-flow ODE: the error falls
+    about fourfold as the steps double (DDIM's, first order, halves)."""
+    diffusion, denoise, exact_flow = gaussian_setup()
+    x_T = torch.linspace(-2.5, 2.5, 101, dtype=torch.float64)[:, None]
+    errors = []
+    for steps in (50, 100, 200):
+        out = sample_dpmpp_2m_sde(denoise, x_T, spaced_timesteps(1000, steps), alphas_cumprod=diffusion.alphas_cumprod,
+                                  eta=0.0, progress=False)  # fmt: skip
+        errors.append((out - exact_flow(x_T)).abs().max().item())
+    assert errors[0] / errors[1] > 3.5 and errors[1] / errors[2] > 3.5, errors
+    ddim = sample_ddim(denoise, x_T, spaced_timesteps(1000, 200), alphas_cumprod=diffusion.alphas_cumprod, progress=False)
+    assert errors[2] < (ddim - exact_flow(x_T)).abs().max().item() / 5
+
+
+def test_euler_ancestral_is_the_ddpm_step_on_the_trained_noise_levels():
+    """k-diffusion's Euler ancestral step written out in sigma = sqrt((1 - abar) / abar), on
+    x / sqrt(abar), takes the same path as the sampler of that name (DDPM over the steps)."""
+    diffusion, denoise, _ = gaussian_setup()
+    abar = diffusion.alphas_cumprod.double()
+    x_T = torch.randn(50, 1, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    steps = spaced_timesteps(1000, 10)
+    generator = torch.Generator().manual_seed(1)
+    x = x_T / abar[steps[0]].sqrt()  # variance-exploding coordinates
+    for i, i_next in zip(steps, [*steps[1:], -1]):
+        sigma, sigma_next = ((1 - abar[i]) / abar[i]).sqrt(), ((1 - abar[i_next]) / abar[i_next]).sqrt() if i_next >= 0 else 0.0
+        denoised, _ = denoise(x * abar[i].sqrt(), torch.full((50,), i))
+        sigma_up = min(sigma_next, (sigma_next**2 * (sigma**2 - sigma_next**2) / sigma**2) ** 0.5)
+        sigma_down = (sigma_next**2 - sigma_up**2) ** 0.5
+        x = x + (x - denoised) / sigma * (sigma_down - sigma)  # Euler step of the probability-flow ODE
+        if sigma_next > 0:
+            x = x + torch.randn(x.shape, generator=generator, dtype=x.dtype) * sigma_up
+    out = run_sampler("euler_ancestral", denoise, x_T, steps, alphas_cumprod=diffusion.alphas_cumprod,
+                                      generator=torch.Generator().manual_seed(1), progress=False)  # fmt: skip
+    torch.testing.assert_close(out, x, atol=1e-6, rtol=0)
+
+
+def test_karras_spacing_follows_its_noise_ramp_and_makes_every_step():
+    abar = torch.cumprod(1 - linear_beta_schedule(1000), 0)
+    steps = karras_timesteps(abar, 10)
+    assert steps[0] == 999 and steps[-1] == 0 and len(steps) == 10
+    sigmas = ((1 - abar) / abar).sqrt()
+    ramp = (80 ** (1 / 7) + torch.linspace(0, 1, 10, dtype=torch.float64) * (sigmas[0] ** (1 / 7) - 80 ** (1 / 7))) ** 7
+    assert torch.allclose(sigmas[steps[1:]].double(), ramp[1:], rtol=0.05)  # eq. 5, on the nearest trained level
+    cosine = torch.cumprod(1 - cosine_beta_schedule(1000), 0)
+    for count in (2, 10, 50, 1000):  # distinct steps even where the trained levels are sparse
+        steps = karras_timesteps(cosine, count)
+        assert len(steps) == count and all(a > b for a, b in zip(steps, steps[1:])) and steps[0] == 999 and steps[-1] == 0
+    with pytest.raises(ValueError, match="spacing must be one of"):
+        timestep_schedule(cosine, 10, "quadratic")
+
+
+def test_zero_terminal_snr_rescale_ends_in_pure_noise_and_every_sampler_handles_it():
+    betas = cosine_beta_schedule(1000)
+    rescaled = rescale_zero_terminal_snr(betas)
+    abar, before = torch.cumprod(1 - rescaled, 0), torch.cumprod(1 - betas, 0)
+    assert abar[-1] == 0 and rescaled[-1] == 1 and torch.isclose(abar[0], before[0])
+    assert (abar[1:] < abar[:-1]).all()
+    _, denoise, _ = gaussian_setup(abar=abar)
+    x_T = torch.randn(4000, 1, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    for name in ("ddim", "ddpm", "dpmpp_2m_sde"):
+        out = run_sampler(name, denoise, x_T, spaced_timesteps(1000, 100), alphas_cumprod=abar, eta=0.5,
+                             generator=torch.Generator().manual_seed(1), progress=False)  # fmt: skip
+        assert out.isfinite().all() and abs(out.mean().item() - MU) < 0.02 and abs(out.std().item() - STD) < 0.03, (name, out.std())
 
 
 # ------------------------------------------------------------ every sampler, objective and option

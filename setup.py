@@ -30,10 +30,11 @@ setup(
         "huggingface-hub>=0.20",
         "matplotlib>=3.5",
         "numpy>=1.21",
+        "torch-fidelity>=0.3",
     ],
     entry_points={"console_scripts": ["video-diffusion = video_diffusion_pytorch.cli:main"]},
     extras_require={
-        "test": ["pytest>=7", "av>=11"],
+        "test": ["pytest>=7", "av>=11", "scipy>=1.7"],
         "video": ["av>=11"],
     },
     classifiers=[

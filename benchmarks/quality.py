@@ -1,28 +1,32 @@
-"""Sample quality of each sampler, and of frame-conditioned generation, on synthetic motion.
+"""Sample quality per network evaluation: every sampler, spacing and step count, and the
+training-side levers, on synthetic motion; then frame-conditioned generation.
 
-Trains a tiny unconditional model on `synthetic.moving_shapes` (one bright grey shape
+Trains tiny unconditional models on `synthetic.moving_shapes` (one bright grey shape
 gliding in a straight line over a dark background and bouncing off the borders; 8 frames
-of 16 x 16 px), caches its weights, then samples with every sampler and step count and
-measures the videos against what the data makes measurable:
+of 16 x 16 px), caches their weights, samples each with every sampler and measures the
+videos with `video_diffusion_pytorch.metrics.motion_coherence` (criteria read off the
+data): well-formed frames, coherent videos (every frame well-formed and every step moving,
+shining and sizing like the data), network evaluations (NFE) and seconds per video. Each
+rate comes with a 95% interval: Wilson for coherent videos, a bootstrap over videos for
+well-formed frames (frames of one video are not independent).
 
-- well-formed frame: the background sits at the data's level and the frame holds exactly
-  one bright blob whose area lies in the range seen in the data;
-- coherent video: every frame well-formed, and from frame to frame the blob moves with
-  the data's smoothness (centroid acceleration), keeps its brightness and its size,
-  each within the data's 99.5th percentile (with a 25% margin);
-- network evaluations (forward passes of the U-net) and seconds per video.
+Models ("levers"), trained for the same steps on the same data, init, optimiser and EMA:
+- `eps`: the package's default (noise prediction, cosine schedule, l1 loss);
+- `v_zero_snr`: v-prediction on the cosine schedule rescaled to zero terminal SNR
+  (Lin et al. 2024, `schedules.rescale_zero_terminal_snr`);
+- `rectified_flow`: `x_t = (1 - t) x_0 + t eps`, the network predicting `eps - x_0`, t
+  logit-normal (Esser et al. 2024, §2 and §3.1), MSE. It is sampled with the same
+  samplers through the variance-preserving view of its path: `abar(t) = (1 - t)² / ((1 -
+  t)² + t²)` on T levels `t = (i + 1) / T`, so DDIM there is its Euler method.
 
 Then `predict` (4 given frames -> 8) and `extend` (4 -> 16, three blocks) with
-reconstruction guidance and with replacement, measured at the block boundaries (the
-first generated frame after given or earlier-generated ones): centroid acceleration
-and brightness ("colour") jump across the boundary, the fraction of coherent boundaries, and for
-`predict` the distance of the generated shape from where the true motion puts it.
+reconstruction guidance and with replacement, measured at the block boundaries.
 
-    python benchmarks/quality.py            # trains (about 10 min on 2 cores), then samples
-    python benchmarks/quality.py --reuse    # reuses the cached weights
-    python benchmarks/quality.py --quick    # a smoke run of a few minutes
+    python benchmarks/quality.py --reuse                    # trains or reuses, then samples
+    python benchmarks/quality.py --quick                    # a smoke run of a few minutes
+    python benchmarks/quality.py --reuse --levers eps v_zero_snr rectified_flow --lever-nfe 25
 
-Prints two tables and writes them as JSON (`--json`).
+Prints the tables and writes them as JSON (`--json`).
 """
 
 from __future__ import annotations
@@ -31,153 +35,108 @@ import argparse
 import json
 import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange
 
 from video_diffusion_pytorch import GaussianDiffusion, Unet3D
 from video_diffusion_pytorch.checkpoint import save_checkpoint
 from video_diffusion_pytorch.files import atomic_write_text
+from video_diffusion_pytorch.helpers import normalize_to_neg_one_to_one, unnormalize_to_zero_to_one
+from video_diffusion_pytorch.metrics import Criteria, FrameStats, coherent_videos, motion_coherence, wilson_interval
+from video_diffusion_pytorch.samplers import SAMPLERS, timestep_schedule
+from video_diffusion_pytorch.schedules import cosine_beta_schedule, rescale_zero_terminal_snr
 from video_diffusion_pytorch.synthetic import moving_shapes
 
 IMAGE_SIZE, NUM_FRAMES, CHANNELS, TIMESTEPS = 16, 8, 1, 1000
 # small enough to train in about 10 minutes on 2 cores: no spatial linear attention (the
 # frames are 16 px), one head in the temporal attention
 UNET = dict(dim=16, dim_mults=(1, 2), channels=CHANNELS, attn_heads=1, attn_dim_head=16, use_sparse_linear_attn=False)
-BACKGROUND = 0.08  # moving_shapes' background level
-FOREGROUND_THRESHOLD = 0.2  # between the background and the dimmest shape colour (0.35)
+LEVERS = ("eps", "v_zero_snr", "rectified_flow")
 
 
-# ------------------------------------------------------------ frame and video measurements
+# ------------------------------------------------------------ models and their training
 
 
-def label_blobs(foreground: torch.Tensor) -> torch.Tensor:
-    """Connected components (8-neighbourhood) of bool frames `(n, h, w)`: labels `(n, h, w)`,
-    0 for background. Each pixel takes the largest label around it until nothing changes."""
-    n, h, w = foreground.shape
-    labels = torch.arange(1, h * w + 1, dtype=torch.float32).view(1, h, w) * foreground
-    while True:
-        grown = F.max_pool2d(labels[:, None], 3, stride=1, padding=1)[:, 0] * foreground
-        if torch.equal(grown, labels):
-            return labels.long()
-        labels = grown
+def build_diffusion(unet: Unet3D, **kwargs) -> GaussianDiffusion:
+    return GaussianDiffusion(unet, image_size=IMAGE_SIZE, num_frames=NUM_FRAMES, channels=CHANNELS, timesteps=TIMESTEPS, **kwargs)
 
 
-@dataclass
-class FrameStats:
-    """Per-frame measurements of videos `(b, c, f, h, w)`, each shaped `(b, f)` (colour `(b, f, c)`)."""
-
-    blobs: torch.Tensor
-    area: torch.Tensor
-    background_error: torch.Tensor
-    centroid: torch.Tensor  # (b, f, 2) in pixels
-    colour: torch.Tensor
-
-    @classmethod
-    def of(cls, videos: torch.Tensor) -> "FrameStats":
-        b, c, f, h, w = videos.shape
-        frames = rearrange(videos.clamp(0, 1), "b c f h w -> (b f) c h w")
-        brightness = frames.amax(dim=1)  # (n, h, w)
-        foreground = brightness > FOREGROUND_THRESHOLD
-        labels = label_blobs(foreground)
-        blobs = torch.tensor([len(torch.unique(frame[frame > 0])) for frame in labels])
-        area = foreground.sum(dim=(1, 2)).float()
-        background = ~F.max_pool2d(foreground[:, None].float(), 3, stride=1, padding=1)[:, 0].bool()
-        background_error = ((brightness - BACKGROUND).abs() * background).sum(dim=(1, 2)) / background.sum(
-            dim=(1, 2)
-        ).clamp(min=1)
-        weight = (brightness - BACKGROUND).clamp(min=0)  # intensity-weighted centroid
-        coords = torch.arange(h, dtype=torch.float32)
-        total = weight.sum(dim=(1, 2)).clamp(min=1e-6)
-        centroid = torch.stack(
-            ((weight.sum(dim=2) * coords).sum(dim=1) / total, (weight.sum(dim=1) * coords).sum(dim=1) / total), dim=-1
-        )
-        core = brightness >= 0.8 * brightness.amax(dim=(1, 2), keepdim=True)  # fully covered pixels
-        colour = (frames * core[:, None]).sum(dim=(2, 3)) / core[:, None].sum(dim=(2, 3)).clamp(min=1)
-
-        def per_video(x: torch.Tensor) -> torch.Tensor:
-            return rearrange(x, "(b f) ... -> b f ...", b=b)
-
-        return cls(*(per_video(x) for x in (blobs, area, background_error, centroid, colour)))
-
-    def acceleration(self) -> torch.Tensor:
-        """|c_{f+1} - 2 c_f + c_{f-1}| in pixels, `(b, f - 2)`, for frames 1..f-2."""
-        c = self.centroid
-        return (c[:, 2:] - 2 * c[:, 1:-1] + c[:, :-2]).norm(dim=-1)
-
-    def colour_jump(self) -> torch.Tensor:
-        """Mean absolute colour change from each frame to the next, `(b, f - 1)`."""
-        return (self.colour[:, 1:] - self.colour[:, :-1]).abs().mean(dim=-1)
-
-    def area_jump(self) -> torch.Tensor:
-        """Relative area change from each frame to the next, `(b, f - 1)`."""
-        return (self.area[:, 1:] - self.area[:, :-1]).abs() / self.area[:, :-1].clamp(min=1)
+def lever_alphas_cumprod(lever: str) -> torch.Tensor:
+    """The noise levels `abar` `(T,)` each lever's model is sampled on."""
+    if lever == "eps":
+        return torch.cumprod(1 - cosine_beta_schedule(TIMESTEPS), 0)
+    if lever == "v_zero_snr":
+        return torch.cumprod(1 - rescale_zero_terminal_snr(cosine_beta_schedule(TIMESTEPS)), 0)
+    t = torch.arange(1, TIMESTEPS + 1, dtype=torch.float64) / TIMESTEPS  # rectified flow's times
+    return (1 - t) ** 2 / ((1 - t) ** 2 + t**2)
 
 
-@dataclass
-class Criteria:
-    """Thresholds read off the training data."""
+def lever_loss(lever: str, unet: Unet3D) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The training loss of videos in [0, 1] under each lever."""
+    if lever == "eps":
+        return build_diffusion(unet)
+    alphas_cumprod = lever_alphas_cumprod(lever).float()
 
-    min_area: float
-    max_area: float
-    max_background_error: float
-    max_acceleration: float
-    max_colour_jump: float
-    max_area_jump: float
+    def loss(videos: torch.Tensor) -> torch.Tensor:
+        x_start = normalize_to_neg_one_to_one(videos)
+        if lever == "v_zero_snr":  # v = sqrt(abar) eps - sqrt(1 - abar) x_0 (Salimans & Ho 2022), l1 like the default
+            t = torch.randint(0, TIMESTEPS, (videos.shape[0],))
+            noise = torch.randn_like(x_start)
+            a, s = alphas_cumprod[t].sqrt().view(-1, 1, 1, 1, 1), (1 - alphas_cumprod[t]).sqrt().view(-1, 1, 1, 1, 1)
+            return F.l1_loss(a * noise - s * x_start, unet(a * x_start + s * noise, t))
+        t = torch.randn(videos.shape[0]).sigmoid()  # logit-normal(0, 1), Esser et al. 2024, §3.1
+        noise = torch.randn_like(x_start)
+        tt = t.view(-1, 1, 1, 1, 1)
+        return F.mse_loss(unet((1 - tt) * x_start + tt * noise, t * TIMESTEPS), noise - x_start)  # §2, eq. 1 and 3
 
-    @classmethod
-    def from_data(cls, stats: FrameStats, margin: float = 1.25) -> "Criteria":
-        def high(x: torch.Tensor) -> float:
-            return torch.quantile(x.flatten().float(), 0.995).item() * margin
-
-        area = stats.area.flatten()
-        return cls(
-            min_area=torch.quantile(area, 0.005).item() / margin,
-            max_area=high(area),
-            max_background_error=max(high(stats.background_error), 0.03),
-            max_acceleration=max(high(stats.acceleration()), 1.0),
-            max_colour_jump=max(high(stats.colour_jump()), 0.05),
-            max_area_jump=max(high(stats.area_jump()), 0.25),
-        )
-
-    def well_formed(self, stats: FrameStats) -> torch.Tensor:
-        """Bool `(b, f)`: the background at the data's level and one blob of plausible size."""
-        return (
-            (stats.blobs == 1)
-            & (stats.area >= self.min_area)
-            & (stats.area <= self.max_area)
-            & (stats.background_error <= self.max_background_error)
-        )
-
-    def smooth_steps(self, stats: FrameStats) -> torch.Tensor:
-        """Bool `(b, f - 1)`: the step from frame i to i+1 keeps colour and size, and the
-        motion around it (acceleration at i and i+1, where defined) is data-like."""
-        steps = (stats.colour_jump() <= self.max_colour_jump) & (stats.area_jump() <= self.max_area_jump)
-        smooth = stats.acceleration() <= self.max_acceleration  # (b, f - 2) at frames 1..f-2
-        steps[:, 1:] &= smooth  # acceleration at frame i for the step i -> i+1
-        steps[:, :-1] &= smooth  # and at frame i+1
-        return steps
-
-    def coherent(self, stats: FrameStats) -> torch.Tensor:
-        """Bool `(b,)`: every frame well-formed and every step smooth."""
-        return self.well_formed(stats).all(dim=1) & self.smooth_steps(stats).all(dim=1)
+    return loss
 
 
-def video_metrics(videos: torch.Tensor, criteria: Criteria) -> dict[str, float]:
-    stats = FrameStats.of(videos)
-    well_formed = criteria.well_formed(stats)
-    both = well_formed[:, 1:] & well_formed[:, :-1]  # steps between well-formed frames
-    inner = well_formed[:, 2:] & well_formed[:, 1:-1] & well_formed[:, :-2]
-    return dict(
-        well_formed_frames=well_formed.float().mean().item(),
-        coherent_videos=criteria.coherent(stats).float().mean().item(),
-        acceleration_px=stats.acceleration()[inner].mean().item() if inner.any() else math.nan,
-        colour_jump=stats.colour_jump()[both].mean().item() if both.any() else math.nan,
-        frame_difference=(videos[:, :, 1:] - videos[:, :, :-1]).abs().mean().item(),
-    )
+def train(lever: str, steps: int, batch_size: int, lr: float, seed: int) -> tuple[Unet3D, float]:
+    """A plain Adam loop on fresh synthetic clips; returns the EMA U-net and the seconds taken."""
+    torch.manual_seed(seed)
+    unet, ema = Unet3D(**UNET), Unet3D(**UNET)
+    ema.load_state_dict(unet.state_dict())
+    loss_of = lever_loss(lever, unet)
+    optimizer = torch.optim.Adam(unet.parameters(), lr=lr)
+    data = torch.Generator().manual_seed(seed)
+    start, running = time.time(), None
+    for step in range(1, steps + 1):
+        videos = moving_shapes(batch_size, num_frames=NUM_FRAMES, image_size=IMAGE_SIZE, channels=CHANNELS, generator=data)
+        loss = loss_of(videos)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        with torch.no_grad():
+            decay = min(0.995, (1 + step) / (10 + step))
+            for p_ema, p in zip(ema.parameters(), unet.parameters()):
+                p_ema.lerp_(p, 1 - decay)
+        running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
+        if step % 100 == 0 or step == steps:
+            print(f"  {lever} step {step:5d}/{steps}  loss {running:.4f}  {time.time() - start:6.0f} s", flush=True)
+    return ema.eval(), time.time() - start
+
+
+def load_or_train(args: argparse.Namespace, lever: str) -> Unet3D:
+    path = Path(args.weights.format(lever=lever, steps=args.train_steps))
+    settings = dict(steps=args.train_steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed, unet=UNET)
+    if args.reuse and path.exists():
+        saved = torch.load(path, weights_only=True)
+        if {k: v for k, v in saved["settings"].items() if k != "lever"} == json.loads(json.dumps(settings)):
+            unet = Unet3D(**UNET)
+            unet.load_state_dict(saved["state_dict"])
+            print(f"reusing {path} ({lever}, {args.train_steps} training steps, trained in {saved['seconds']:.0f} s)")
+            return unet.eval()
+        print(f"{path} holds other settings ({saved['settings']}); training anew")
+    print(f"training {lever}: {args.train_steps} steps, batch {args.batch_size}, lr {args.lr}")
+    unet, seconds = train(lever, args.train_steps, args.batch_size, args.lr, args.seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(dict(state_dict=unet.state_dict(), settings=dict(settings, lever=lever), seconds=seconds), path)
+    return unet
 
 
 def boundary_metrics(videos: torch.Tensor, first_new: list[int], truth: torch.Tensor | None, criteria: Criteria) -> dict[str, float]:
@@ -206,88 +165,75 @@ def boundary_metrics(videos: torch.Tensor, first_new: list[int], truth: torch.Te
     return metrics
 
 
-# ------------------------------------------------------------ model
+# ------------------------------------------------------------ sampling
 
 
-def build_diffusion(unet: Unet3D, **kwargs) -> GaussianDiffusion:
-    return GaussianDiffusion(unet, image_size=IMAGE_SIZE, num_frames=NUM_FRAMES, channels=CHANNELS, timesteps=TIMESTEPS, **kwargs)
+def lever_denoiser(unet: Unet3D, lever: str) -> tuple[Callable, SimpleNamespace]:
+    """The denoiser `(x_t, t) -> (x_0 clipped to [-1, 1], eps)` the samplers take, and the
+    noise levels it is sampled on, for each lever (eps goes through `GaussianDiffusion`)."""
+    if lever == "eps":
+        diffusion = build_diffusion(unet)
+        return (lambda x, t: diffusion.model_predictions(x, t)), diffusion
+    alphas_cumprod = lever_alphas_cumprod(lever).float()
+
+    def denoise(x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        abar = alphas_cumprod[t].view(-1, 1, 1, 1, 1)
+        a, s = abar.sqrt(), (1 - abar).sqrt()
+        if lever == "v_zero_snr":
+            x_start = a * x - s * unet(x, t)  # x_0 = sqrt(abar) x_t - sqrt(1 - abar) v
+        else:  # rectified flow sees x_t / (alpha + sigma) = (1 - t) x_0 + t eps at time t = sigma / (alpha + sigma)
+            x_flow, time = x / (a + s), (s / (a + s)).flatten()
+            x_start = x_flow - time.view(-1, 1, 1, 1, 1) * unet(x_flow, time * TIMESTEPS)
+        x_start = x_start.clamp(-1, 1)
+        return x_start, (x - a * x_start) / s  # eps consistent with the clipped x_0
+
+    return denoise, SimpleNamespace(alphas_cumprod=alphas_cumprod)
 
 
-def train(steps: int, batch_size: int, lr: float, seed: int) -> tuple[Unet3D, float]:
-    """A plain Adam loop on fresh synthetic clips; returns the EMA U-net and the seconds taken."""
-    torch.manual_seed(seed)
-    unet = Unet3D(**UNET)
-    diffusion = build_diffusion(unet)
-    ema = build_diffusion(Unet3D(**UNET))
-    ema.load_state_dict(diffusion.state_dict())
-    optimizer = torch.optim.Adam(diffusion.parameters(), lr=lr)
-    data = torch.Generator().manual_seed(seed)
-    start, running = time.time(), None
-    for step in range(1, steps + 1):
-        videos = moving_shapes(batch_size, num_frames=NUM_FRAMES, image_size=IMAGE_SIZE, channels=CHANNELS, generator=data)
-        loss = diffusion(videos)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        with torch.no_grad():
-            decay = min(0.995, (1 + step) / (10 + step))
-            for p_ema, p in zip(ema.parameters(), diffusion.parameters()):
-                p_ema.lerp_(p, 1 - decay)
-        running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
-        if step % 100 == 0 or step == steps:
-            print(f"  step {step:5d}/{steps}  loss {running:.4f}  {time.time() - start:6.0f} s", flush=True)
-    return ema.denoise_fn.eval(), time.time() - start
+@torch.inference_mode()
+def sample(unet: Unet3D, lever: str, config: dict, videos: int, seed: int) -> torch.Tensor:
+    """`videos` samples in [0, 1] with one sampler configuration, from noise seeded by `seed`."""
+    denoise, schedule = lever_denoiser(unet, lever)
+    generator = torch.Generator().manual_seed(seed)
+    noise = torch.randn((videos, CHANNELS, NUM_FRAMES, IMAGE_SIZE, IMAGE_SIZE), generator=generator)
+    steps = timestep_schedule(schedule.alphas_cumprod, config["steps"], config["spacing"])
+    out = SAMPLERS[config["sampler"]](denoise, noise, steps, schedule=schedule, eta=config["eta"], generator=generator, progress=False)
+    return unnormalize_to_zero_to_one(out)
 
 
-def load_or_train(args: argparse.Namespace) -> Unet3D:
-    path = Path(args.weights)
-    settings = dict(steps=args.train_steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed, unet=UNET)
-    if args.reuse and path.exists():
-        saved = torch.load(path, weights_only=True)
-        if saved["settings"] == json.loads(json.dumps(settings)):
-            unet = Unet3D(**UNET)
-            unet.load_state_dict(saved["state_dict"])
-            print(f"reusing {path} ({args.train_steps} training steps, trained in {saved['seconds']:.0f} s)")
-            return unet.eval()
-        print(f"{path} holds other settings ({saved['settings']}); training anew")
-    print(f"training {args.train_steps} steps, batch {args.batch_size}, lr {args.lr}")
-    unet, seconds = train(args.train_steps, args.batch_size, args.lr, args.seed)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_checkpoint(dict(state_dict=unet.state_dict(), settings=json.loads(json.dumps(settings)), seconds=seconds), path)
-    return unet
+def score(samples: torch.Tensor, criteria: Criteria, resamples: int = 1000) -> dict:
+    """`motion_coherence` with 95% intervals: Wilson for coherent videos, a bootstrap over
+    videos for well-formed frames."""
+    row = motion_coherence(samples, criteria)
+    coherent = int(coherent_videos(samples, criteria).sum())
+    row["coherent_low"], row["coherent_high"] = wilson_interval(coherent, len(samples))
+    per_video = criteria.well_formed(FrameStats.of(samples)).float().mean(dim=1)  # (b,)
+    picks = torch.randint(0, len(samples), (resamples, len(samples)), generator=torch.Generator().manual_seed(0))
+    row["well_formed_low"], row["well_formed_high"] = torch.quantile(per_video[picks].mean(dim=1), torch.tensor([0.025, 0.975])).tolist()
+    return row
 
 
-class CountCalls:
-    """Counts forward passes of a U-net (guidance calls `forward` directly, past any hook)."""
-
-    def __init__(self, unet: Unet3D):
-        self.count = 0
-        forward = unet.forward
-
-        def counted(*args, **kwargs):
-            self.count += 1
-            return forward(*args, **kwargs)
-
-        unet.forward = counted
+def sampler_configs(nfe: list[int], samplers: list[str]) -> list[dict]:
+    """Ancestral over all steps, then each named sampler ('name' or 'name:karras', 'ddim:0.5'
+    for DDIM's eta) at each number of network evaluations."""
+    configs = [dict(sampler="ancestral", steps=TIMESTEPS, spacing="uniform", eta=0.0)]
+    for spec in samplers:
+        name, _, option = spec.partition(":")
+        spacing = "karras" if option == "karras" else "uniform"
+        eta = float(option) if name == "ddim" and option else 0.0
+        configs += [dict(sampler=name, steps=n, spacing=spacing, eta=eta) for n in nfe]
+    return configs
 
 
-# ------------------------------------------------------------ benchmarks
-
-
-def sample(unet: Unet3D, sampler: str, steps: int, eta: float, videos: int, seed: int) -> torch.Tensor:
-    diffusion = build_diffusion(unet, sampler=sampler, sampling_timesteps=steps, ddim_sampling_eta=eta)
-    return diffusion.sample(batch_size=videos, generator=torch.Generator().manual_seed(seed), progress=False)
-
-
-def sampler_table(unet: Unet3D, configs: list[tuple[str, int, float]], videos: int, criteria: Criteria, calls: CountCalls, seed: int) -> list[dict]:
-    """One row per (sampler, steps, DDIM eta), all from the same starting noise."""
+def sampler_table(unet: Unet3D, lever: str, configs: list[dict], videos: int, criteria: Criteria, calls: "CountCalls", seed: int) -> list[dict]:
+    """One row per sampler configuration, all from the same starting noise."""
     rows = []
-    for sampler, steps, eta in configs:
+    for config in configs:
         calls.count, start = 0, time.time()
-        samples = sample(unet, sampler, steps, eta, videos, seed)
+        samples = sample(unet, lever, config, videos, seed)
         seconds = time.time() - start
-        row = dict(sampler=sampler, steps=steps, eta=eta, nfe=calls.count, seconds_per_video=seconds / videos)
-        row.update(video_metrics(samples, criteria))
+        row = dict(lever=lever, **config, nfe=calls.count, seconds_per_video=seconds / videos)
+        row.update(score(samples, criteria))
         rows.append(row)
         print_row(row, SAMPLER_COLUMNS)
     return rows
@@ -315,13 +261,6 @@ def conditioning_table(unet: Unet3D, sampler: str, steps: int, clips: torch.Tens
     return rows
 
 
-SAMPLER_COLUMNS = [
-    ("sampler", "sampler", "{}"), ("steps", "steps", "{}"), ("eta", "eta", "{:g}"), ("nfe", "NFE", "{}"),
-    ("seconds_per_video", "s/video", "{:.2f}"),
-    ("well_formed_frames", "well-formed frames", "{:.1%}"), ("coherent_videos", "coherent videos", "{:.1%}"),
-    ("acceleration_px", "accel px", "{:.2f}"), ("colour_jump", "colour jump", "{:.3f}"),
-    ("frame_difference", "frame diff", "{:.4f}"),
-]  # fmt: skip
 CONDITIONING_COLUMNS = [
     ("task", "task", "{}"), ("method", "method", "{}"), ("w_r", "w_r", "{:g}"), ("sampler", "sampler", "{}"),
     ("nfe", "NFE", "{}"), ("seconds_per_video", "s/video", "{:.2f}"),
@@ -344,47 +283,73 @@ def print_row(row: dict, columns: list) -> None:
     print(" | ".join(cells), flush=True)
 
 
+class CountCalls:
+    """Counts forward passes of a U-net (guidance calls `forward` directly, past any hook)."""
+
+    def __init__(self, unet: Unet3D):
+        self.count = 0
+        forward = unet.forward
+
+        def counted(*args, **kwargs):
+            self.count += 1
+            return forward(*args, **kwargs)
+
+        unet.forward = counted
+
+
+SAMPLER_COLUMNS = [
+    ("lever", "model", "{}"), ("sampler", "sampler", "{}"), ("spacing", "spacing", "{}"), ("eta", "eta", "{:g}"),
+    ("nfe", "NFE", "{}"), ("seconds_per_video", "s/video", "{:.2f}"),
+    ("well_formed_frames", "well-formed frames", "{:.1%}"), ("well_formed_low", "95% from", "{:.1%}"), ("well_formed_high", "to", "{:.1%}"),
+    ("coherent_videos", "coherent videos", "{:.1%}"), ("coherent_low", "95% from", "{:.1%}"), ("coherent_high", "to", "{:.1%}"),
+    ("acceleration_px", "accel px", "{:.2f}"), ("colour_jump", "colour jump", "{:.3f}"),
+]  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="few training steps and videos: a smoke run")
     parser.add_argument("--reuse", action="store_true", help="reuse the cached weights when their settings match")
-    parser.add_argument("--weights", default="results/quality_model.pt", help="where the trained weights are cached")
+    parser.add_argument("--weights", default="results/quality_{lever}_{steps}.pt", help="where the weights are cached")
     parser.add_argument("--json", default="results/quality.json", help="where the tables are written")
-    parser.add_argument("--train-steps", type=int, default=None, help="default 2000 (quick: 150)")
+    parser.add_argument("--train-steps", type=int, default=None, help="default 6000 (quick: 150)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--videos", type=int, default=None, help="videos per sampler (default 16, quick: 4)")
-    parser.add_argument("--clips", type=int, default=None, help="clips per conditioning run (default 8, quick: 2)")
+    parser.add_argument("--levers", nargs="+", choices=LEVERS, default=["eps"], help="models to train and compare")
+    parser.add_argument("--videos", type=int, default=None, help="videos per sampler (default 64, quick: 4)")
+    parser.add_argument("--nfe", type=int, nargs="+", default=[10, 25, 50], help="network evaluations per video")
+    parser.add_argument("--samplers", nargs="+", default=["ddim", "ddim:0.5", "ddpm", "ddpm:karras", "dpmpp_2m_sde", "dpmpp_2m_sde:karras"],
+                        help="NAME, NAME:karras (Karras spacing) or ddim:ETA")  # fmt: skip
+    parser.add_argument("--lever-samplers", nargs="+", default=["ddim", "ddpm", "dpmpp_2m_sde"], help="samplers for the other levers")
+    parser.add_argument("--lever-nfe", type=int, nargs="+", default=[10, 25, 50], help="NFE for the other levers")
+    parser.add_argument("--clips", type=int, default=0, help="clips per conditioning run (0: skip that table)")
     parser.add_argument("--conditioning-steps", type=int, default=25, help="DDIM steps for predict / extend")
     parser.add_argument("--weights-r", type=float, nargs="+", default=[4.0], help="reconstruction guidance weights w_r")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    args.train_steps = args.train_steps or (150 if args.quick else 2000)
-    args.videos = args.videos or (4 if args.quick else 16)
-    args.clips = args.clips or (2 if args.quick else 8)
+    args.train_steps = args.train_steps or (150 if args.quick else 6000)
+    args.videos = args.videos or (4 if args.quick else 64)
     torch.set_num_threads(args.threads)
     total_start = time.time()
 
-    unet = load_or_train(args)
-    calls = CountCalls(unet)
     data = moving_shapes(512, num_frames=NUM_FRAMES, image_size=IMAGE_SIZE, channels=CHANNELS, generator=torch.Generator().manual_seed(10_000))
-    criteria = Criteria.from_data(FrameStats.of(data))
-
+    criteria = Criteria.from_data(data)
     print("\nsamplers (unconditional, the same starting noise for every sampler)")
     print_header(SAMPLER_COLUMNS)
-    data_row = dict(sampler="data", steps=None, eta=None, nfe=None, seconds_per_video=None, **video_metrics(data, criteria))
+    data_row = dict(lever="data", **score(data, criteria))
     print_row(data_row, SAMPLER_COLUMNS)
-    # DDIM deterministic (eta 0) and half-way to ancestral (eta 0.5), which on an
-    # undertrained model keeps frames more consistent with each other
-    ddim_steps = (25, 10) if args.quick else (50, 25, 10)
-    configs = [("ancestral", TIMESTEPS, 0.0)] + [("ddim", n, eta) for eta in (0.0, 0.5) for n in ddim_steps]
-    samplers = sampler_table(unet, configs, args.videos, criteria, calls, args.seed)
-
-    print(f"\nvideo prediction and extension from 4 true frames, DDIM {args.conditioning_steps} steps, blocks of {NUM_FRAMES} frames with 4 of context")
-    print_header(CONDITIONING_COLUMNS)
-    clips = moving_shapes(args.clips, num_frames=2 * NUM_FRAMES, image_size=IMAGE_SIZE, channels=CHANNELS, generator=torch.Generator().manual_seed(20_000))
-    conditioning = conditioning_table(unet, "ddim", args.conditioning_steps, clips, args.weights_r, criteria, calls, args.seed)
+    samplers, conditioning = [], []
+    for lever in args.levers:
+        unet = load_or_train(args, lever)
+        calls = CountCalls(unet)
+        configs = sampler_configs(args.nfe, args.samplers) if lever == "eps" else sampler_configs(args.lever_nfe, args.lever_samplers)[1:]
+        samplers += sampler_table(unet, lever, configs, args.videos, criteria, calls, args.seed)
+        if lever == "eps" and args.clips:
+            print(f"\nvideo prediction and extension from 4 true frames, DDIM {args.conditioning_steps} steps, blocks of {NUM_FRAMES} frames with 4 of context")
+            print_header(CONDITIONING_COLUMNS)
+            clips = moving_shapes(args.clips, num_frames=2 * NUM_FRAMES, image_size=IMAGE_SIZE, channels=CHANNELS, generator=torch.Generator().manual_seed(20_000))
+            conditioning = conditioning_table(unet, "ddim", args.conditioning_steps, clips, args.weights_r, criteria, calls, args.seed)
 
     print(f"\ntotal {time.time() - total_start:.0f} s")
     path = Path(args.json)

@@ -36,7 +36,6 @@ import json
 import math
 import time
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Callable
 
 import torch
@@ -47,7 +46,7 @@ from video_diffusion_pytorch.checkpoint import save_checkpoint
 from video_diffusion_pytorch.files import atomic_write_text
 from video_diffusion_pytorch.helpers import normalize_to_neg_one_to_one, unnormalize_to_zero_to_one
 from video_diffusion_pytorch.metrics import Criteria, FrameStats, coherent_videos, motion_coherence, wilson_interval
-from video_diffusion_pytorch.samplers import SAMPLERS, timestep_schedule
+from video_diffusion_pytorch.samplers import run_sampler, timestep_schedule
 from video_diffusion_pytorch.schedules import cosine_beta_schedule, rescale_zero_terminal_snr
 from video_diffusion_pytorch.synthetic import moving_shapes
 
@@ -168,12 +167,13 @@ def boundary_metrics(videos: torch.Tensor, first_new: list[int], truth: torch.Te
 # ------------------------------------------------------------ sampling
 
 
-def lever_denoiser(unet: Unet3D, lever: str) -> tuple[Callable, SimpleNamespace]:
+def lever_denoiser(unet: Unet3D, lever: str) -> tuple[Callable, dict]:
     """The denoiser `(x_t, t) -> (x_0 clipped to [-1, 1], eps)` the samplers take, and the
     noise levels it is sampled on, for each lever (eps goes through `GaussianDiffusion`)."""
     if lever == "eps":
         diffusion = build_diffusion(unet)
-        return (lambda x, t: diffusion.model_predictions(x, t)), diffusion
+        schedule = dict(alphas_cumprod=diffusion.alphas_cumprod, q_posterior=diffusion.q_posterior)
+        return (lambda x, t: diffusion.model_predictions(x, t)), schedule
     alphas_cumprod = lever_alphas_cumprod(lever).float()
 
     def denoise(x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -187,7 +187,7 @@ def lever_denoiser(unet: Unet3D, lever: str) -> tuple[Callable, SimpleNamespace]
         x_start = x_start.clamp(-1, 1)
         return x_start, (x - a * x_start) / s  # eps consistent with the clipped x_0
 
-    return denoise, SimpleNamespace(alphas_cumprod=alphas_cumprod)
+    return denoise, dict(alphas_cumprod=alphas_cumprod)
 
 
 @torch.inference_mode()
@@ -196,8 +196,8 @@ def sample(unet: Unet3D, lever: str, config: dict, videos: int, seed: int) -> to
     denoise, schedule = lever_denoiser(unet, lever)
     generator = torch.Generator().manual_seed(seed)
     noise = torch.randn((videos, CHANNELS, NUM_FRAMES, IMAGE_SIZE, IMAGE_SIZE), generator=generator)
-    steps = timestep_schedule(schedule.alphas_cumprod, config["steps"], config["spacing"])
-    out = SAMPLERS[config["sampler"]](denoise, noise, steps, schedule=schedule, eta=config["eta"], generator=generator, progress=False)
+    steps = timestep_schedule(schedule["alphas_cumprod"], config["steps"], config["spacing"])
+    out = run_sampler(config["sampler"], denoise, noise, steps, **schedule, eta=config["eta"], generator=generator, progress=False)
     return unnormalize_to_zero_to_one(out)
 
 

@@ -34,8 +34,9 @@ setup(
     ],
     entry_points={"console_scripts": ["video-diffusion = video_diffusion_pytorch.cli:main"]},
     extras_require={
-        "test": ["pytest>=7", "av>=11", "scipy>=1.7"],
+        "test": ["pytest>=7", "av>=11", "scipy>=1.7", "tensorboard>=2.14"],
         "video": ["av>=11"],
+        "tracking": ["tensorboard>=2.14"],
     },
     classifiers=[
         "Development Status :: 4 - Beta",

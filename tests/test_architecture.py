@@ -19,7 +19,7 @@ LAYERS = [
     ("models and data", {"hub", "video_io", "data", "synthetic", "checkpoint", "metrics"}),
     ("training", {
         "loader", "training_data", "ema", "results", "milestones", "run_settings", "run_lock", "run_state",
-        "accelerated", "optimisation", "tracking", "compilation", "trainer", "demo",
+        "accelerated", "optimisation", "memory", "tracking", "compilation", "trainer", "demo",
     }),  # fmt: skip
     ("interface", {"cli", "__main__", "video_diffusion_pytorch", "__init__"}),
 ]

@@ -84,6 +84,37 @@ def test_a_second_run_on_a_locked_folder_is_one_line(clip_folder, tmp_path, caps
     assert err.count("\n") == 1 and f"in use by another training run (process {sleeper.pid})" in err
 
 
+def test_a_run_that_cannot_fit_is_refused_before_any_work(clip_folder, tmp_path, capsys, monkeypatch):
+    from video_diffusion_pytorch import memory
+
+    monkeypatch.setattr(memory, "available_memory", lambda device: 2**20)  # 1 MiB free
+    monkeypatch.setattr(train_command, "available_memory", memory.available_memory)
+    command = ["train", str(clip_folder), *TINY_MODEL, "--results-folder", str(tmp_path / "run"), "--no-progress"]
+    assert main(command) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and re.search(r"needs about [\d.]+ GiB \(estimated\), but 0\.0 GiB of cpu memory", err)
+    assert "--batch-size" in err and not (tmp_path / "run").exists()
+    assert main([*command, "--no-memory-check", "--steps", "1"]) == 0
+
+
+def test_the_memory_estimate_grows_with_the_batch():
+    from tiny_training import make_diffusion
+    from video_diffusion_pytorch.memory import training_step_memory
+
+    diffusion = make_diffusion()
+    two, four, eight = (training_step_memory(diffusion, batch) for batch in (2, 4, 8))
+    weights = sum(p.numel() * 4 for p in diffusion.parameters())
+    assert two > 5 * weights  # weights, gradients, Adam's moments, the EMA copy, and activations
+    assert eight - four == pytest.approx(2 * (four - two), rel=0.01)  # activations grow linearly with the batch
+
+
+def test_tracking_from_the_command_line(clip_folder, tmp_path):
+    command = ["train", str(clip_folder), *TINY_MODEL, "--steps", "1", "--log-with", "tensorboard", "--no-progress"]
+    assert main([*command, "--results-folder", str(tmp_path / "run")]) == 0
+    assert list((tmp_path / "run" / "logs" / "video-diffusion").glob("events.out.tfevents.*"))
+    assert torch.load(tmp_path / "run" / "model-1.pt", weights_only=True)["run"]["log_with"] == ["tensorboard"]
+
+
 # ---------------------------------------------------------------- options
 
 

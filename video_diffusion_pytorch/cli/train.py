@@ -12,6 +12,7 @@ from ..checkpoint import checkpoint_path, latest_milestone, list_milestones, loa
 from ..data import SUPPORTED_EXTENSIONS, find_files, read_captions
 from ..demo import DemoSettings, run_demo
 from ..diffusion import GaussianDiffusion
+from ..memory import available_memory, training_step_memory
 from ..process import OBJECTIVES
 from ..run_settings import PRECISIONS, RUN_SETTINGS, merge_settings
 from ..schedules import BETA_SCHEDULES
@@ -99,6 +100,8 @@ def run_train(args: argparse.Namespace) -> int:
     else:
         diffusion = _build_model(args, folder)
 
+    if not args.no_memory_check:
+        _check_memory(diffusion, settings["train_batch_size"], settings["num_images_per_clip"])
     trainer = Trainer(
         diffusion, folder, results_folder=results, image_folder=args.image_folder, logging_dir=args.logging_dir,
         progress=not args.no_progress, **settings,
@@ -110,6 +113,19 @@ def run_train(args: argparse.Namespace) -> int:
     if trainer.is_main:
         print(f"trained to step {trainer.step}; checkpoints, samples and loss.png are in {results}")
     return 0
+
+
+def _check_memory(diffusion: GaussianDiffusion, batch_size: int, images_per_clip: int) -> None:
+    """Refuse, before any work, a run whose training step cannot fit in this machine's memory."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    needed = training_step_memory(diffusion, batch_size, diffusion.num_frames + images_per_clip)
+    free = available_memory(device)
+    if needed > free:
+        raise UsageError(
+            f"a training step of this model needs about {needed / 2**30:.1f} GiB (estimated), but {free / 2**30:.1f} GiB "
+            f"of {device.type} memory is free: lower --batch-size (raising --grad-accum keeps the batch), --image-size, "
+            "--frames or --dim, or pass --no-memory-check"
+        )
 
 
 MODEL_OPTIONS = {
@@ -130,7 +146,7 @@ def add_train_command(commands: argparse._SubParsersAction) -> None:
                        "a caption file beside each clip (clip.txt) trains a text-conditioned model")  # fmt: skip
     model = train.add_argument_group("model (ignored with --resume: the checkpoint's model is used)")
     model.add_argument("--image-size", type=int, default=d["image_size"], help="side of the square frames")
-    model.add_argument("--frames", "--num-frames", dest="num_frames", type=int, default=d["num_frames"], help="frames per clip")
+    model.add_argument("--frames", "--num-frames", dest="num_frames", type=int, metavar="N", default=d["num_frames"], help="frames per clip")
     model.add_argument("--channels", type=int, default=d["channels"], choices=(1, 3, 4), help="1 grey, 3 RGB, 4 RGBA")
     model.add_argument("--dim", type=int, default=d["dim"], help="the U-net's base width")
     model.add_argument("--dim-mults", type=int, nargs="+", default=list(d["dim_mults"]), help="width multipliers per level")
@@ -143,13 +159,13 @@ def add_train_command(commands: argparse._SubParsersAction) -> None:
     model.add_argument("--objective", choices=OBJECTIVES, default=d["objective"], help="what the network predicts")
     model.add_argument("--beta-schedule", choices=tuple(BETA_SCHEDULES), default=d["beta_schedule"], help="noise schedule")
     model.add_argument("--min-snr", dest="min_snr_loss_weight", action="store_true", help="Min-SNR loss weighting (gamma 5)")
-    model.add_argument("--sampling-steps", dest="sampling_timesteps", type=int, default=d["sampling_timesteps"],
+    model.add_argument("--sampling-steps", dest="sampling_timesteps", type=int, metavar="N", default=d["sampling_timesteps"],
                        help="DDIM steps of the milestone samples (None: every step, ancestral)")  # fmt: skip
     training = train.add_argument_group("training")
-    training.add_argument("--steps", dest="train_num_steps", type=int, default=d["train_num_steps"], help="optimisation steps in total")
-    training.add_argument("--batch-size", dest="train_batch_size", type=int, default=d["train_batch_size"], help="clips per batch, per process")
-    training.add_argument("--lr", dest="train_lr", type=float, default=d["train_lr"], help="Adam's learning rate")
-    training.add_argument("--grad-accum", dest="gradient_accumulate_every", type=int, default=d["gradient_accumulate_every"], help="batches per optimisation step")
+    training.add_argument("--steps", dest="train_num_steps", type=int, metavar="N", default=d["train_num_steps"], help="optimisation steps in total")
+    training.add_argument("--batch-size", dest="train_batch_size", type=int, metavar="N", default=d["train_batch_size"], help="clips per batch, per process")
+    training.add_argument("--lr", dest="train_lr", type=float, metavar="LR", default=d["train_lr"], help="Adam's learning rate")
+    training.add_argument("--grad-accum", dest="gradient_accumulate_every", type=int, metavar="N", default=d["gradient_accumulate_every"], help="batches per optimisation step")
     training.add_argument("--amp", action="store_true", help="mixed precision: float16 on CUDA, bfloat16 elsewhere")
     training.add_argument("--mixed-precision", choices=PRECISIONS, default=d["mixed_precision"],
                           help="mixed precision through accelerate (None: --amp, else accelerate's config or $ACCELERATE_MIXED_PRECISION)")  # fmt: skip
@@ -162,7 +178,7 @@ def add_train_command(commands: argparse._SubParsersAction) -> None:
     training.add_argument("--horizontal-flip", action="store_true", help="mirror clips at random")
     training.add_argument("--short-clips", choices=("skip", "pad", "loop"), default=d["short_clips"], help="what clips shorter than --frames become")
     training.add_argument("--image-folder", help="images for joint image-video training")
-    training.add_argument("--images-per-clip", dest="num_images_per_clip", type=int, default=d["num_images_per_clip"], help="images appended to each clip")
+    training.add_argument("--images-per-clip", dest="num_images_per_clip", type=int, metavar="N", default=d["num_images_per_clip"], help="images appended to each clip")
     training.add_argument("--validation-clips", type=int, default=d["validation_clips"], help="clips held out for the validation loss (None: a tenth, at most 8)")
     training.add_argument("--num-workers", type=int, default=d["num_workers"], help="data loader processes")
     training.add_argument("--seed", type=int, default=d["seed"], help="seed of the weights' noise, the data order and the samples")
@@ -170,12 +186,13 @@ def add_train_command(commands: argparse._SubParsersAction) -> None:
                           help="torch.compile the U-net, in torch's default mode or MODE (e.g. max-autotune)")  # fmt: skip
     output = train.add_argument_group("output")
     output.add_argument("--results-folder", default=DEFAULT_RESULTS, help="checkpoints, samples, loss.png and run.json")
-    output.add_argument("--save-every", dest="save_and_sample_every", type=int, default=d["save_and_sample_every"], help="steps between milestones")
-    output.add_argument("--sample-rows", dest="num_sample_rows", type=int, default=d["num_sample_rows"], help="milestone grids are rows x rows samples")
-    output.add_argument("--cond-scale", dest="sample_cond_scale", type=float, default=d["sample_cond_scale"], help="guidance scale of the milestone samples")
-    output.add_argument("--log-with", nargs="+", default=d["log_with"], help="experiment trackers: tensorboard, wandb, ... (None: no tracking)")
+    output.add_argument("--save-every", dest="save_and_sample_every", type=int, metavar="N", default=d["save_and_sample_every"], help="steps between milestones")
+    output.add_argument("--sample-rows", dest="num_sample_rows", type=int, metavar="N", default=d["num_sample_rows"], help="milestone grids are rows x rows samples")
+    output.add_argument("--cond-scale", dest="sample_cond_scale", type=float, metavar="SCALE", default=d["sample_cond_scale"], help="guidance scale of the milestone samples")
+    output.add_argument("--log-with", nargs="+", metavar="TRACKER", default=d["log_with"], help="experiment trackers: tensorboard, wandb, ... (None: no tracking)")
     output.add_argument("--logging-dir", help="where file trackers write (None: RESULTS_FOLDER/logs)")
     output.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --results-folder, with its settings")
+    output.add_argument("--no-memory-check", action="store_true", help="start even when a step seems not to fit in memory")
     output.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .denoiser import DenoiserSpec
 from .hub import build_model, describe_model
 
 # weights, gradients, Adam's two moments and the EMA copy
@@ -21,12 +22,14 @@ PARAMETER_COPIES = 5
 
 def training_step_memory(diffusion: nn.Module, batch_size: int, frames: int | None = None) -> int:
     """Bytes a training step of `diffusion` (a described model) needs for `batch_size`
-    videos of `frames` frames (default: the model's): activations saved for the backward
+    videos of `frames` frames (default: the model's; more with the images of joint
+    training appended, counted in proportion): activations saved for the backward
     pass, plus the weights and what the optimizer and EMA keep of them."""
     with torch.device("meta"):
         model = build_model(describe_model(diffusion))
-    frames = frames or model.num_frames
-    videos = torch.rand(batch_size, model.channels, frames, model.image_size, model.image_size, device="meta")
+    videos = torch.rand(batch_size, model.channels, model.num_frames, model.image_size, model.image_size, device="meta")
+    cond_dim = DenoiserSpec.of(model.denoise_fn).cond_dim  # text models take their embeddings
+    cond = torch.rand(batch_size, cond_dim, device="meta") if cond_dim is not None else None
     saved: dict[int, torch.Tensor] = {}  # holding the tensors keeps their ids from being reused
 
     def pack(tensor: torch.Tensor) -> torch.Tensor:
@@ -35,8 +38,10 @@ def training_step_memory(diffusion: nn.Module, batch_size: int, frames: int | No
         return tensor
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-        model(videos)
+        model(videos, cond=cond)
     activations = sum(tensor.numel() * tensor.element_size() for tensor in saved.values())
+    # appended images (joint training) add activations about in proportion to the frames
+    activations = activations * (frames or model.num_frames) // model.num_frames
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
     return activations + PARAMETER_COPIES * weights
 

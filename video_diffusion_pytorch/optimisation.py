@@ -3,7 +3,7 @@ and its clipping, Adam's step, with the values left on the device (no host sync)
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from typing import Iterator
 
 import torch
 from accelerate import Accelerator
@@ -31,12 +31,22 @@ def optimisation_step(
     accumulate: int,
     *,
     max_grad_norm: float | None = None,
-    **training_options: Any,
+    null_cond_prob: float = 0.0,
+    prob_focus_present: float = 0.0,
+    focus_present_mask: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """One step of `optimizer` (prepared by `accelerator`) over `accumulate` batches of
-    the prepared `model`, which returns the training loss of `(videos, cond=...,
-    independent_frames=..., **training_options)`. Returns the mean loss over batches and
-    processes and the gradient norm, both on the device."""
+    the prepared `model` (a GaussianDiffusion, whose call is the training loss).
+
+    Args:
+        max_grad_norm: clip the gradient norm to this value.
+        null_cond_prob: probability of dropping each video's condition (classifier-free
+            guidance training).
+        prob_focus_present, focus_present_mask: training as independent frames, as in
+            `Unet3D.forward`.
+    Returns the mean loss over batches and processes and the gradient norm, both on the
+    device.
+    """
     device = accelerator.device
     total, norm = torch.zeros((), device=device), torch.zeros((), device=device)
     for _ in range(accumulate):
@@ -44,7 +54,10 @@ def optimisation_step(
         # accelerate divides the loss, skips the gradient sync across processes and the
         # optimizer step until the last batch of the step
         with accelerator.accumulate(model):
-            loss = model(videos, cond=cond, independent_frames=independent_frames, **training_options)
+            loss = model(
+                videos, cond=cond, null_cond_prob=null_cond_prob, independent_frames=independent_frames,
+                prob_focus_present=prob_focus_present, focus_present_mask=focus_present_mask,
+            )  # fmt: skip
             accelerator.backward(loss)
             if accelerator.sync_gradients:
                 norm = gradient_norm(accelerator, accelerator.unwrap_model(model), max_grad_norm)

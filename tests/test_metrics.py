@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from video_diffusion_pytorch.metrics import (
-    Criteria, I3DFeatures, InceptionFeatures, InceptionI3d, coherent_videos, frame_fid, frechet_distance,
+    Criteria, I3DFeatures, InceptionFeatures, InceptionI3d, VideoMetrics, coherent_videos, frame_fid, frechet_distance,
     frechet_distance_of, frechet_video_distance, gaussian_statistics, motion_coherence, wilson_interval,
 )  # fmt: skip
 from video_diffusion_pytorch.metrics import networks
@@ -84,7 +84,7 @@ def test_fvd_is_zero_for_the_same_videos_and_grows_with_the_difference(i3d):
     assert frechet_video_distance(real, real, network=features) == pytest.approx(0, abs=1e-6)
     same_kind = frechet_video_distance(real, other, network=features, batch_size=5)
     assert 0 < same_kind < frechet_video_distance(real, noise, network=features)
-    with pytest.raises(ValueError, match="same number of frames"):
+    with pytest.raises(ValueError, match="real have 8 frames, samples 6"):
         frechet_video_distance(real, clips(12, 1, frames=6), network=features)
     with pytest.raises(ValueError, match=r"real must be at least 2 videos .* got shape \(12, 1, 16, 16\)"):
         frechet_video_distance(real[:, :, 0], other, network=features)
@@ -178,3 +178,27 @@ def test_wilson_interval():
     assert wilson_interval(64, 64)[1] == 1.0
     with pytest.raises(ValueError, match="got 11 of 10"):
         wilson_interval(11, 10)
+
+
+def test_video_metrics_compute_the_real_features_once_and_fetch_nothing_before_use(i3d, monkeypatch):
+    def no_download(*args, **kwargs):
+        raise AssertionError("nothing is downloaded before the first score")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_download)
+    real = clips(16, 0)
+    VideoMetrics(real, ("fvd", "fid"))  # default networks: built on first use only
+    seen = []
+
+    def pixels(frames):
+        seen.append(frames.shape[0])
+        return torch.nn.functional.adaptive_avg_pool2d(frames, 4).flatten(1)
+
+    metrics = VideoMetrics(real, ("fvd", "fid", "coherence"), i3d=I3DFeatures(i3d, size=32), inception=pixels, batch_size=4)
+    good, bad = metrics(clips(16, 1)), metrics(torch.rand(16, 1, 8, 16, 16, generator=torch.Generator().manual_seed(3)))
+    assert sum(seen) == 3 * 16 * 8 and max(seen) == 4 * 8  # real frames once, then each sample set; batches of 4 videos
+    assert good["fvd"] < bad["fvd"] and good["fid"] < bad["fid"]
+    assert good["coherence"] > 0.5 and bad["coherence"] == 0  # criteria from only 16 real clips are strict
+    with pytest.raises(ValueError, match=r"metrics must be some of \('fvd', 'fid', 'coherence'\), got \['is'\]"):
+        VideoMetrics(real, ("fvd", "is"))
+    with pytest.raises(TypeError, match="samples must be a tensor"):
+        metrics([1, 2])

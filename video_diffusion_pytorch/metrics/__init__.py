@@ -3,13 +3,13 @@ features), the Fréchet distance they share, and the motion-coherence scores of 
 moving shape. Network weights are read from a path or downloaded on first use, never at import."""
 
 from .coherence import Criteria, FrameStats, coherent_videos, motion_coherence, wilson_interval
-from .distances import frame_fid, frechet_video_distance
+from .distances import METRICS, VideoMetrics, frame_fid, frechet_video_distance
 from .frechet import frechet_distance, frechet_distance_of, gaussian_statistics
 from .i3d import InceptionI3d
 from .networks import I3DFeatures, InceptionFeatures
 
 __all__ = [
     "Criteria", "FrameStats", "coherent_videos", "motion_coherence", "wilson_interval",
-    "frame_fid", "frechet_video_distance", "frechet_distance", "frechet_distance_of", "gaussian_statistics",
+    "METRICS", "VideoMetrics", "frame_fid", "frechet_video_distance", "frechet_distance", "frechet_distance_of", "gaussian_statistics",
     "InceptionI3d", "I3DFeatures", "InceptionFeatures",
 ]  # fmt: skip

@@ -1,16 +1,25 @@
 """Fréchet Video Distance (Unterthiner et al. 2018) on I3D features and per-frame FID
-(Heusel et al. 2017) on Inception features, between two sets of videos."""
+(Heusel et al. 2017) on Inception features, between real and generated videos.
+
+`VideoMetrics` holds the real videos and scores any number of sample sets against them
+(the networks are built, and the real features computed, once, on first use), e.g. at a
+Trainer's milestones; `frechet_video_distance` and `frame_fid` compare two sets once.
+"""
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 from einops import rearrange
 from torch import Tensor
 
+from .coherence import Criteria, motion_coherence
 from .frechet import frechet_distance_of
 from .networks import I3DFeatures, InceptionFeatures
+
+METRICS = ("fvd", "fid", "coherence")
+Network = Callable[[Tensor], Tensor]
 
 
 def _check_videos(videos: Tensor, name: str) -> None:
@@ -20,53 +29,77 @@ def _check_videos(videos: Tensor, name: str) -> None:
         raise ValueError(f"{name} must be at least 2 videos (n, 1 or 3 channels, frames, height, width), got shape {tuple(videos.shape)}")
 
 
-def batched_features(inputs: Tensor, network: Callable[[Tensor], Tensor], batch_size: int, device: torch.device | str) -> Tensor:
+def batched_features(inputs: Tensor, network: Network, batch_size: int, device: torch.device | str) -> Tensor:
     """`network` over `inputs` in batches of `batch_size` on `device`; features `(n, d)` on the CPU."""
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     return torch.cat([network(batch.to(device)).cpu() for batch in inputs.split(batch_size)])
 
 
-def frechet_video_distance(
-    real: Tensor, fake: Tensor, *, network: Callable[[Tensor], Tensor] | None = None, weights: str | None = None,
-    batch_size: int = 8, device: torch.device | str = "cpu",
-) -> float:  # fmt: skip
-    """FVD between videos `(n, c, f, h, w)` in [0, 1] (c = 1 or 3; the two sets may differ
-    in size but not in frames): the Fréchet distance of I3D's Kinetics-400 logits.
+class VideoMetrics:
+    """Scores of generated videos against `real` ones: `metrics(samples) -> {name: value}`.
+
+    - 'fvd': Fréchet distance of I3D's Kinetics-400 logits of whole videos;
+    - 'fid': Fréchet distance of the FID Inception's features of every frame;
+    - 'coherence': the fraction of coherent videos (`coherence.motion_coherence`, criteria
+      read off `real`), meaningful for videos of one shape on a plain background.
 
     Args:
-        real, fake: the two sets of videos.
-        network: videos -> features `(b, d)`, on `device` (default: I3D with the released
-            weights, from `weights` or downloaded on first use).
-        weights: a path to I3D's `rgb_imagenet.pt`.
-        batch_size, device: how the network is run.
+        real: videos `(n, c, f, h, w)` in [0, 1], c = 1 or 3, n >= 2.
+        metrics: which of `METRICS` to compute.
+        i3d, inception: the feature networks (default: the released weights, from
+            `i3d_weights` / `inception_weights` or downloaded on first use).
+        i3d_weights, inception_weights: paths to the weight files.
+        batch_size: videos per network batch (frames per batch are `batch_size * f`).
+        device: where the networks run.
     """
-    _check_videos(real, "real")
-    _check_videos(fake, "fake")
-    if real.shape[2] != fake.shape[2]:
-        raise ValueError(f"real and fake videos must have the same number of frames, got {real.shape[2]} and {fake.shape[2]}")
-    network = network or I3DFeatures(weights=weights).to(device)
-    features = [batched_features(videos, network, batch_size, device) for videos in (real, fake)]
-    return frechet_distance_of(*features)
+
+    def __init__(
+        self, real: Tensor, metrics: Sequence[str] = ("fvd", "fid"), *, i3d: Network | None = None,
+        inception: Network | None = None, i3d_weights: str | None = None, inception_weights: str | None = None,
+        batch_size: int = 8, device: torch.device | str = "cpu",
+    ):  # fmt: skip
+        _check_videos(real, "real")
+        if unknown := [name for name in metrics if name not in METRICS]:
+            raise ValueError(f"metrics must be some of {METRICS}, got {unknown}")
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        self.real, self.metrics, self.batch_size, self.device = real, tuple(metrics), batch_size, device
+        self._networks = {"fvd": i3d, "fid": inception}
+        self._weights = {"fvd": i3d_weights, "fid": inception_weights}
+        self._real_features: dict[str, Tensor] = {}
+
+    def _features(self, metric: str, videos: Tensor) -> Tensor:
+        if self._networks[metric] is None:  # built, and its weights read or fetched, on first use
+            build = I3DFeatures if metric == "fvd" else InceptionFeatures
+            self._networks[metric] = build(weights=self._weights[metric]).to(self.device)
+        if metric == "fid":  # (n, c, f, h, w) -> (n f, c, h, w): every frame an image
+            return batched_features(rearrange(videos, "n c f h w -> (n f) c h w"), self._networks[metric],
+                                    self.batch_size * videos.shape[2], self.device)  # fmt: skip
+        return batched_features(videos, self._networks[metric], self.batch_size, self.device)
+
+    def __call__(self, samples: Tensor) -> dict[str, float]:
+        _check_videos(samples, "samples")
+        if "fvd" in self.metrics and samples.shape[2] != self.real.shape[2]:
+            raise ValueError(f"FVD compares videos of equal length: real have {self.real.shape[2]} frames, samples {samples.shape[2]}")
+        scores = {}
+        for metric in self.metrics:
+            if metric == "coherence":
+                scores[metric] = motion_coherence(samples, Criteria.from_data(self.real))["coherent_videos"]
+                continue
+            if metric not in self._real_features:
+                self._real_features[metric] = self._features(metric, self.real)
+            scores[metric] = frechet_distance_of(self._real_features[metric], self._features(metric, samples))
+        return scores
 
 
-def frame_fid(
-    real: Tensor, fake: Tensor, *, network: Callable[[Tensor], Tensor] | None = None, weights: str | None = None,
-    batch_size: int = 32, device: torch.device | str = "cpu",
-) -> float:  # fmt: skip
-    """Per-frame FID between videos `(n, c, f, h, w)` in [0, 1]: every frame of each set is
-    an image, compared on the FID Inception's 2048 pooled features.
+def frechet_video_distance(real: Tensor, fake: Tensor, *, network: Network | None = None, weights: str | None = None,
+                           batch_size: int = 8, device: torch.device | str = "cpu") -> float:  # fmt: skip
+    """FVD between videos `(n, c, f, h, w)` in [0, 1] of equal length; `network` maps videos to
+    features (default: I3D, weights from `weights` or downloaded on first use)."""
+    return VideoMetrics(real, ("fvd",), i3d=network, i3d_weights=weights, batch_size=batch_size, device=device)(fake)["fvd"]
 
-    Args:
-        real, fake: the two sets of videos (any number of frames each).
-        network: frames `(b, c, h, w)` -> features `(b, d)`, on `device` (default: the FID
-            Inception-v3, weights from `weights` or downloaded on first use).
-        weights: a path to the FID Inception weights.
-        batch_size, device: how the network is run (frames per batch).
-    """
-    _check_videos(real, "real")
-    _check_videos(fake, "fake")
-    network = network or InceptionFeatures(weights=weights).to(device)
-    # (n, c, f, h, w) -> (n f, c, h, w): every frame an image
-    frames = [rearrange(videos, "n c f h w -> (n f) c h w") for videos in (real, fake)]
-    return frechet_distance_of(*(batched_features(f, network, batch_size, device) for f in frames))
+
+def frame_fid(real: Tensor, fake: Tensor, *, network: Network | None = None, weights: str | None = None,
+              batch_size: int = 8, device: torch.device | str = "cpu") -> float:  # fmt: skip
+    """Per-frame FID between videos `(n, c, f, h, w)` in [0, 1]; `network` maps frames to
+    features (default: the FID Inception, weights from `weights` or downloaded on first use)."""
+    return VideoMetrics(real, ("fid",), inception=network, inception_weights=weights, batch_size=batch_size, device=device)(fake)["fid"]

@@ -11,6 +11,9 @@ from video_diffusion_pytorch.metrics import (
     Criteria, I3DFeatures, InceptionFeatures, InceptionI3d, VideoMetrics, coherent_videos, frame_fid, frechet_distance,
     frechet_distance_of, frechet_video_distance, gaussian_statistics, motion_coherence, wilson_interval,
 )  # fmt: skip
+from video_diffusion_pytorch import GaussianDiffusion, Unet3D
+from video_diffusion_pytorch.cli import main
+from video_diffusion_pytorch.data import video_tensor_to_gif
 from video_diffusion_pytorch.metrics import networks
 from video_diffusion_pytorch.synthetic import moving_shapes
 
@@ -202,3 +205,38 @@ def test_video_metrics_compute_the_real_features_once_and_fetch_nothing_before_u
         VideoMetrics(real, ("fvd", "is"))
     with pytest.raises(TypeError, match="samples must be a tensor"):
         metrics([1, 2])
+
+
+# ------------------------------------------------------------ video-diffusion evaluate
+
+
+def write_clips(folder, videos):
+    folder.mkdir()
+    for index, video in enumerate(videos):
+        video_tensor_to_gif(video, folder / f"{index}.gif")
+    return folder
+
+
+def test_evaluate_command_scores_a_folder_of_samples_and_a_model(tmp_path, capsys, i3d):
+    real = write_clips(tmp_path / "real", clips(24, 0, frames=4))
+    good = write_clips(tmp_path / "good", clips(24, 1, frames=4))
+    size = ["--image-size", "16", "--frames", "4", "--channels", "1"]
+    assert main(["evaluate", str(real), str(good), "--metrics", "coherence", *size]) == 0
+    assert "24 real and 24 generated videos of 4 frames, 16 px" in capsys.readouterr().out
+
+    weights = tmp_path / "i3d.pt"
+    torch.save(i3d.state_dict(), weights)
+    few = write_clips(tmp_path / "few", clips(2, 2, frames=4))
+    assert main(["evaluate", str(real), str(few), "--metrics", "fvd", "--i3d-weights", str(weights), "--max-real", "2", *size]) == 0
+    assert float(capsys.readouterr().out.split("fvd: ")[1]) > 0
+
+    torch.manual_seed(0)
+    model = GaussianDiffusion(Unet3D(dim=8, dim_mults=(1, 2), channels=1), image_size=16, num_frames=4, channels=1, timesteps=10)
+    folder = model.save_pretrained(tmp_path / "model")
+    assert main(["evaluate", str(real), str(folder), "--metrics", "coherence", "--num", "3", "--batch-size", "2",
+                 "--sampling-steps", "2", "--no-progress"]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    assert "sampled 3 videos" in out and "coherence: 0.0% of the videos" in out  # an untrained model makes noise
+
+    assert main(["evaluate", str(real), str(tmp_path / "missing"), *size]) == 2
+    assert "SAMPLES must be a folder of clips or a trained model" in capsys.readouterr().err

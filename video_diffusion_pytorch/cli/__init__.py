@@ -1,10 +1,10 @@
-"""The `video-diffusion` command: `train`, `demo`, `sample`, `extend`, `interpolate`, `export`.
+"""The `video-diffusion` command: `train`, `demo`, `sample`, `extend`, `interpolate`, `export`, `evaluate`.
 
 Argument parsing only; the work is done by the Trainer, the models and the library's
 loading functions. Bad input (a missing folder, an unreadable checkpoint, text for a model
 without text conditioning, ...) ends with a one-line message and exit status 2, not a
 traceback. One module per command group: `train` (train, demo), `generate` (sample,
-extend, interpolate), `export`.
+extend, interpolate), `export`, `evaluate`.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import Sequence
 from ..trainer import NonFiniteLossError
 from ..video_io import MissingVideoSupportError
 from .common import PROG, UsageError
+from .evaluate import add_evaluate_command
 from .export import add_export_command
 from .generate import add_generation_commands
 from .train import add_demo_command, add_train_command
@@ -26,13 +27,14 @@ __all__ = ["PROG", "UsageError", "build_parser", "main"]
 def build_parser() -> argparse.ArgumentParser:
     """The parser of every command; `--help` of each shows every option's default."""
     parser = argparse.ArgumentParser(
-        prog=PROG, description="Video diffusion models (Ho et al. 2022): train, sample, extend, interpolate, export."
+        prog=PROG, description="Video diffusion models (Ho et al. 2022): train, sample, extend, interpolate, export, evaluate."
     )
     commands = parser.add_subparsers(dest="command", required=True)
     add_train_command(commands)
     add_demo_command(commands)
     add_generation_commands(commands)
     add_export_command(commands)
+    add_evaluate_command(commands)
     return parser
 
 

@@ -214,10 +214,13 @@ def score(samples: torch.Tensor, criteria: Criteria, resamples: int = 1000) -> d
 
 
 def sampler_configs(nfe: list[int], samplers: list[str]) -> list[dict]:
-    """Ancestral over all steps, then each named sampler ('name' or 'name:karras', 'ddim:0.5'
-    for DDIM's eta) at each number of network evaluations."""
-    configs = [dict(sampler="ancestral", steps=TIMESTEPS, spacing="uniform", eta=0.0)]
+    """Each named sampler ('name' or 'name:karras', 'ddim:0.5' for DDIM's eta) at each number
+    of network evaluations; 'ancestral' over all steps."""
+    configs = []
     for spec in samplers:
+        if spec == "ancestral":
+            configs.append(dict(sampler="ancestral", steps=TIMESTEPS, spacing="uniform", eta=0.0))
+            continue
         name, _, option = spec.partition(":")
         spacing = "karras" if option == "karras" else "uniform"
         eta = float(option) if name == "ddim" and option else 0.0
@@ -313,12 +316,13 @@ def main() -> None:
     parser.add_argument("--weights", default="results/quality_{lever}_{steps}.pt", help="where the weights are cached")
     parser.add_argument("--json", default="results/quality.json", help="where the tables are written")
     parser.add_argument("--train-steps", type=int, default=None, help="default 6000 (quick: 150)")
+    parser.add_argument("--train-only", action="store_true", help="train (or find) the models and stop")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--levers", nargs="+", choices=LEVERS, default=["eps"], help="models to train and compare")
     parser.add_argument("--videos", type=int, default=None, help="videos per sampler (default 64, quick: 4)")
     parser.add_argument("--nfe", type=int, nargs="+", default=[10, 25, 50], help="network evaluations per video")
-    parser.add_argument("--samplers", nargs="+", default=["ddim", "ddim:0.5", "ddpm", "ddpm:karras", "dpmpp_2m_sde", "dpmpp_2m_sde:karras"],
+    parser.add_argument("--samplers", nargs="+", default=["ancestral", "ddim", "ddim:0.5", "ddpm", "ddpm:karras", "dpmpp_2m_sde", "dpmpp_2m_sde:karras"],
                         help="NAME, NAME:karras (Karras spacing) or ddim:ETA")  # fmt: skip
     parser.add_argument("--lever-samplers", nargs="+", default=["ddim", "ddpm", "dpmpp_2m_sde"], help="samplers for the other levers")
     parser.add_argument("--lever-nfe", type=int, nargs="+", default=[10, 25, 50], help="NFE for the other levers")
@@ -342,8 +346,10 @@ def main() -> None:
     samplers, conditioning = [], []
     for lever in args.levers:
         unet = load_or_train(args, lever)
+        if args.train_only:
+            continue
         calls = CountCalls(unet)
-        configs = sampler_configs(args.nfe, args.samplers) if lever == "eps" else sampler_configs(args.lever_nfe, args.lever_samplers)[1:]
+        configs = sampler_configs(args.nfe, args.samplers) if lever == "eps" else sampler_configs(args.lever_nfe, args.lever_samplers)
         samplers += sampler_table(unet, lever, configs, args.videos, criteria, calls, args.seed)
         if lever == "eps" and args.clips:
             print(f"\nvideo prediction and extension from 4 true frames, DDIM {args.conditioning_steps} steps, blocks of {NUM_FRAMES} frames with 4 of context")

@@ -3,12 +3,14 @@ Gaussian data, where the exact denoiser is known), and every sampler runs with e
 objective, guidance and clipping. That the defaults are the original's numbers is checked
 in test_reference.py."""
 
+import json
+
 import pytest
 import torch
 
 from video_diffusion_pytorch import GaussianDiffusion, Unet3D
 from video_diffusion_pytorch.samplers import (
-    karras_timesteps, run_sampler, sample_ancestral, sample_ddim, sample_dpmpp_2m_sde, spaced_timesteps, timestep_schedule,
+    FAST_SAMPLER, FAST_SPACING, karras_timesteps, run_sampler, sample_ancestral, sample_ddim, sample_dpmpp_2m_sde, spaced_timesteps, timestep_schedule,
 )
 from video_diffusion_pytorch.schedules import cosine_beta_schedule, linear_beta_schedule, rescale_zero_terminal_snr
 
@@ -17,6 +19,9 @@ SAMPLER_SETTINGS = [
     dict(),
     dict(sampler="ddim", sampling_timesteps=3),
     dict(sampler="ddim", sampling_timesteps=3, ddim_sampling_eta=1.0),
+    dict(sampling_timesteps=3),  # the fast default
+    dict(sampler="ddpm", sampling_timesteps=3, sampling_spacing="karras"),
+    dict(sampler="dpmpp_2m_sde", sampling_timesteps=3),
 ]
 
 
@@ -40,9 +45,10 @@ def test_new_arguments_are_recorded_in_the_config():
     torch.testing.assert_close(rebuilt.betas, diffusion.betas)
 
 
-def test_fewer_sampling_steps_select_ddim_and_call_the_network_once_per_step():
+def test_fewer_sampling_steps_select_the_fast_sampler_and_call_the_network_once_per_step():
     diffusion = make_diffusion(cond_dim=4, sampling_timesteps=4)
-    assert diffusion.sampler == "ddim" and make_diffusion().sampler == "ancestral"
+    assert (diffusion.sampler, diffusion.sampling_spacing) == (FAST_SAMPLER, FAST_SPACING)
+    assert make_diffusion().sampler == "ancestral"
     # count videos passed through the network (its first layer): guidance may batch its two passes
     calls = []
     diffusion.denoise_fn.init_conv.register_forward_hook(lambda module, args, out: calls.append(out.shape[0]))
@@ -70,6 +76,31 @@ def test_a_built_model_can_switch_to_fewer_steps_and_saves_the_choice(tmp_path):
         diffusion.configure_sampling(0)
     with pytest.raises(ValueError, match="ancestral sampler takes every one of the 10 steps"):
         diffusion.configure_sampling(5, sampler="ancestral")
+
+
+def test_the_fast_default_ddim_by_its_eta_and_models_saved_before_it(tmp_path):
+    """Unnamed, fewer steps sample with the fast default; DDIM's eta given names DDIM, so a
+    model saved with `ddim_sampling_eta` recorded (as every model before the fast default
+    was) samples as it did; any sampler and spacing can be named and are saved."""
+    assert make_diffusion(sampling_timesteps=4, ddim_sampling_eta=0.0).sampler == "ddim"
+    diffusion = make_diffusion(sampling_timesteps=4, sampler="dpmpp_2m_sde", sampling_spacing="karras")
+    reloaded = GaussianDiffusion.from_pretrained(diffusion.save_pretrained(tmp_path / "model"))
+    assert (reloaded.sampler, reloaded.sampling_spacing, reloaded.sampling_timesteps) == ("dpmpp_2m_sde", "karras", 4)
+    folder = make_diffusion().save_pretrained(tmp_path / "old")
+    saved = json.loads((folder / "config.json").read_text())
+    saved["config"].update(sampling_timesteps=4, ddim_sampling_eta=0.0, sampler=None)
+    del saved["config"]["sampling_spacing"]  # not there before
+    (folder / "config.json").write_text(json.dumps(saved))
+    assert GaussianDiffusion.from_pretrained(folder).sampler == "ddim"
+
+
+def test_every_sampler_steps_along_its_spacing():
+    diffusion = make_diffusion(timesteps=100, sampling_timesteps=5, sampler="dpmpp_2m_sde", sampling_spacing="karras")
+    seen = []
+    forward = diffusion.denoise_fn.forward
+    diffusion.denoise_fn.forward = lambda x, t, **kwargs: seen.append(int(t[0])) or forward(x, t, **kwargs)
+    diffusion.sample(batch_size=1, progress=False)
+    assert seen == karras_timesteps(diffusion.alphas_cumprod, 5) and seen != spaced_timesteps(100, 5)
 
 
 def test_sampling_steps_are_evenly_spaced_from_the_last_to_the_first():
@@ -315,6 +346,9 @@ def test_every_sampler_clips_or_thresholds_the_predicted_start(settings, use_dyn
         (dict(sampler="dpmpp_2m", sampling_timesteps=5), "sampler must be one of"),
         (dict(objective="pred_eps"), "objective must be one of"),
         (dict(beta_schedule="quadratic"), "beta_schedule must be one of"),
+        (dict(sampling_timesteps=5, sampling_spacing="quadratic"), "sampling_spacing must be one of"),
+        (dict(sampler="ancestral", sampling_spacing="karras"), "and sampling_spacing='karras'"),
+        (dict(sampler="ddpm", sampling_timesteps=5, ddim_sampling_eta=0.5), "applies to sampler='ddim' only"),
         (dict(min_snr_gamma=0), "min_snr_gamma must be positive"),
     ],
 )

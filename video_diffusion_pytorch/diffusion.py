@@ -28,7 +28,7 @@ from .generation import (
 from .helpers import default, exists, extract, normalize_to_neg_one_to_one, unnormalize_to_zero_to_one
 from .pretrained import PretrainedMixin, records_config
 from .process import GaussianProcess
-from .samplers import Denoiser, ancestral_step, resolve_sampler, run_sampler, spaced_timesteps
+from .samplers import Denoiser, ancestral_step, resolve_sampler, run_sampler, timestep_schedule
 from .text import embed_texts
 from .unet import Unet3D
 
@@ -52,11 +52,16 @@ class GaussianDiffusion(PretrainedMixin, GaussianProcess):
         use_dynamic_thres, dynamic_thres_percentile: the process and its training
             objective, see `process.GaussianProcess`.
         sampling_timesteps: network evaluations per sample (default T); fewer than T
-            samples with DDIM over evenly spaced steps (or the solver in `sampler`).
+            samples with `samplers.FAST_SAMPLER` (or the sampler named in `sampler`).
         ddim_sampling_eta: DDIM's noise scale in [0, 1] (Song et al. 2021, eq. 16): 0 is
-            deterministic, 1 is ancestral-like.
-        sampler: 'ancestral' (DDPM, every step) or 'ddim'. Default: 'ancestral' with T
-            sampling steps, else 'ddim'.
+            deterministic, 1 is ancestral-like. Given without `sampler`, DDIM samples.
+        sampler: one of `samplers.SAMPLERS`: 'ancestral' (DDPM, every step), 'ddpm' (DDPM
+            over fewer steps; 'euler_ancestral' is the same update), 'ddim',
+            'dpmpp_2m_sde' (DPM-Solver++(2M) SDE). Default: 'ancestral' with T sampling
+            steps, else `samplers.FAST_SAMPLER`.
+        sampling_spacing: which of the T steps are visited: 'uniform' or 'karras' (Karras
+            et al. 2022, eq. 5); default `samplers.FAST_SPACING` for the default fast
+            sampler, else 'uniform'.
     """
 
     module_classes = {"denoise_fn": Unet3D}  # how a saved description rebuilds the denoiser
@@ -80,8 +85,9 @@ class GaussianDiffusion(PretrainedMixin, GaussianProcess):
         min_snr_loss_weight: bool = False,
         min_snr_gamma: float = 5.0,
         sampling_timesteps: int | None = None,
-        ddim_sampling_eta: float = 0.0,
+        ddim_sampling_eta: float | None = None,
         sampler: str | None = None,
+        sampling_spacing: str | None = None,
     ):
         spec = DenoiserSpec.of(denoise_fn)
         if spec.channels != channels:
@@ -97,20 +103,27 @@ class GaussianDiffusion(PretrainedMixin, GaussianProcess):
         self.denoise_fn = denoise_fn
         self.text_use_bert_cls = text_use_bert_cls
         self.bert_model = bert_model
-        self.configure_sampling(sampling_timesteps, ddim_sampling_eta, sampler)
+        self.configure_sampling(sampling_timesteps, ddim_sampling_eta, sampler, sampling_spacing)
 
     def configure_sampling(
-        self, sampling_timesteps: int | None = None, ddim_sampling_eta: float = 0.0, sampler: str | None = None
+        self,
+        sampling_timesteps: int | None = None,
+        ddim_sampling_eta: float | None = None,
+        sampler: str | None = None,
+        sampling_spacing: str | None = None,
     ) -> None:
         """Choose how `sample` and the methods built on it sample, as the constructor's
-        arguments of the same names do: a trained model can be sampled with fewer DDIM
-        steps without being rebuilt. Training is unaffected; `config` (and so a saved
-        model) records the choice."""
+        arguments of the same names do: a trained model can be sampled in fewer steps
+        without being rebuilt. Training is unaffected; `config` (and so a saved model)
+        records the choice."""
         steps = default(sampling_timesteps, self.num_timesteps)
-        self.sampler = resolve_sampler(sampler, steps, self.num_timesteps, ddim_sampling_eta)
+        self.sampler, self.sampling_spacing = resolve_sampler(sampler, steps, self.num_timesteps, ddim_sampling_eta, sampling_spacing)
         self.sampling_timesteps = steps
-        self.ddim_sampling_eta = ddim_sampling_eta
-        self.config.update(sampling_timesteps=sampling_timesteps, ddim_sampling_eta=ddim_sampling_eta, sampler=sampler)
+        self.ddim_sampling_eta = default(ddim_sampling_eta, 0.0)
+        self.config.update(
+            sampling_timesteps=sampling_timesteps, ddim_sampling_eta=ddim_sampling_eta, sampler=sampler,
+            sampling_spacing=sampling_spacing,
+        )  # fmt: skip
 
     # ------------------------------------------------------------ the denoiser and its conditions
 
@@ -190,7 +203,7 @@ class GaussianDiffusion(PretrainedMixin, GaussianProcess):
         noise = torch.randn(shape, generator=generator, device=self.device)
         denoise = self._denoiser(cond, cond_scale, condition, generator)
         img = run_sampler(
-            self.sampler, denoise, noise, spaced_timesteps(self.num_timesteps, self.sampling_timesteps),
+            self.sampler, denoise, noise, timestep_schedule(self.alphas_cumprod, self.sampling_timesteps, self.sampling_spacing),
             alphas_cumprod=self.alphas_cumprod, q_posterior=self.q_posterior, eta=self.ddim_sampling_eta,
             generator=generator, progress=progress,
         )  # fmt: skip

@@ -29,24 +29,38 @@ Posterior = Callable[[Tensor, Tensor, Tensor], tuple[Tensor, Tensor, Tensor]]
 SPACINGS = ("uniform", "karras")
 
 
-def resolve_sampler(sampler: str | None, steps: int, timesteps: int, eta: float) -> str:
-    """The sampler to use (by default ancestral over all T steps, else DDIM), checked against
-    the number of sampling steps and DDIM's eta."""
+# What `sampling_timesteps < T` samples with when no sampler is named: the most coherent
+# videos per network evaluation on benchmarks/quality.py (README, "Choosing a sampler").
+FAST_SAMPLER, FAST_SPACING = "ddpm", "uniform"
+
+
+def resolve_sampler(
+    sampler: str | None, steps: int, timesteps: int, eta: float | None, spacing: str | None = None
+) -> tuple[str, str]:
+    """The sampler and step spacing to use, checked against the number of sampling steps and
+    DDIM's eta. Unnamed, the sampler is ancestral over all T steps; over fewer steps it is
+    `FAST_SAMPLER` (with `FAST_SPACING` unless `spacing` is given), or DDIM when its eta is
+    given (as models saved before the fast default record it)."""
     if not 1 <= steps <= timesteps:
         raise ValueError(f"sampling_timesteps must be in [1, timesteps={timesteps}], got {steps}")
-    if not 0 <= eta <= 1:
+    if eta is not None and not 0 <= eta <= 1:
         raise ValueError(f"ddim_sampling_eta must be in [0, 1], got {eta}")
+    if spacing is not None and spacing not in SPACINGS:
+        raise ValueError(f"sampling_spacing must be one of {SPACINGS}, got {spacing!r}")
+    if sampler is None and steps < timesteps and eta is None:
+        return FAST_SAMPLER, default(spacing, FAST_SPACING)
     sampler = default(sampler, "ancestral" if steps == timesteps else "ddim")
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler must be one of {tuple(SAMPLERS)}, got {sampler!r}")
-    if sampler == "ancestral" and steps != timesteps:
+    if sampler == "ancestral" and (steps != timesteps or spacing not in (None, "uniform")):
         raise ValueError(
-            f"the ancestral sampler takes every one of the {timesteps} steps, got sampling_timesteps={steps}; "
-            "use sampler='ddim' with ddim_sampling_eta=1 for ancestral-like sampling in fewer steps"
+            f"the ancestral sampler takes every one of the {timesteps} steps, got sampling_timesteps={steps}"
+            f"{'' if spacing in (None, 'uniform') else f' and sampling_spacing={spacing!r}'}; use sampler='ddpm' "
+            "for ancestral sampling in fewer steps"
         )
-    if sampler != "ddim" and eta != 0:
+    if sampler != "ddim" and eta not in (None, 0):
         raise ValueError(f"ddim_sampling_eta={eta} applies to sampler='ddim' only, got sampler={sampler!r}")
-    return sampler
+    return sampler, default(spacing, "uniform")
 
 
 def spaced_timesteps(timesteps: int, count: int) -> list[int]:

@@ -19,6 +19,7 @@ from ..data import write_video
 from ..denoiser import DenoiserSpec
 from ..diffusion import GaussianDiffusion
 from ..results import video_grid
+from ..samplers import FAST_SAMPLER, SAMPLERS, SPACINGS
 from ..video_io import GIF_EXTENSION, VIDEO_EXTENSIONS, import_av
 
 PROG = "video-diffusion"
@@ -58,8 +59,11 @@ def add_generation_options(parser: argparse.ArgumentParser, num: int) -> None:
     group.add_argument("--text", nargs="+", default=[], help="prompts, for a text-conditioned model")
     group.add_argument("--num", type=int, default=num, help="videos (per prompt, for a text model)")
     group.add_argument("--cond-scale", type=float, default=1.0, help="classifier-free guidance scale")
-    group.add_argument("--sampling-steps", type=int, help="sample with DDIM in this many steps (default: the model's setting)")
-    group.add_argument("--eta", type=float, default=0.0, help="DDIM noise scale, 0 (deterministic) to 1, with --sampling-steps")
+    group.add_argument("--sampling-steps", type=int, help=f"network evaluations per video (default: the model's setting); fewer than "
+                       f"the model's steps sample with {FAST_SAMPLER} unless --sampler or --eta says otherwise")  # fmt: skip
+    group.add_argument("--sampler", choices=tuple(SAMPLERS), help="the sampler (default: the model's setting, see --sampling-steps)")
+    group.add_argument("--spacing", choices=SPACINGS, help="which diffusion steps are visited (default: the sampler's)")
+    group.add_argument("--eta", type=float, help="DDIM's noise scale, 0 (deterministic) to 1: samples with DDIM")
     group.add_argument("--weights", choices=("ema", "model"), default="ema", help="which weights of a Trainer checkpoint")
     group.add_argument("--seed", type=int, default=0, help="seed of the sampling noise")
     group.add_argument("--device", help="default: cuda when available, else cpu")
@@ -85,10 +89,10 @@ def load_for_generation(args: argparse.Namespace, source: str | Path) -> tuple[G
     if args.upscale < 1:
         raise UsageError(f"--upscale must be at least 1, got {args.upscale}")
     diffusion = load_model(source, weights=args.weights)
-    if args.sampling_steps is not None:
-        diffusion.configure_sampling(args.sampling_steps, args.eta, sampler="ddim")
-    elif args.eta != 0:
+    if args.eta is not None and args.sampling_steps is None:
         raise UsageError("--eta is DDIM's noise scale: it needs --sampling-steps")
+    if any(option is not None for option in (args.sampling_steps, args.sampler, args.spacing)):
+        diffusion.configure_sampling(args.sampling_steps, args.eta, sampler=args.sampler, sampling_spacing=args.spacing)
     spec = DenoiserSpec.of(diffusion.denoise_fn)
     if spec.conditional and not spec.text:
         raise UsageError("this model is conditioned on vectors (cond_dim): sample it from Python with cond=...")

@@ -160,7 +160,7 @@ def add_train_command(commands: argparse._SubParsersAction) -> None:
     model.add_argument("--beta-schedule", choices=tuple(BETA_SCHEDULES), default=d["beta_schedule"], help="noise schedule")
     model.add_argument("--min-snr", dest="min_snr_loss_weight", action="store_true", help="Min-SNR loss weighting (gamma 5)")
     model.add_argument("--sampling-steps", dest="sampling_timesteps", type=int, metavar="N", default=d["sampling_timesteps"],
-                       help="DDIM steps of the milestone samples (None: every step, ancestral)")  # fmt: skip
+                       help="network evaluations of the milestone samples, with the fast default sampler (None: every step, ancestral)")  # fmt: skip
     training = train.add_argument_group("training")
     training.add_argument("--steps", dest="train_num_steps", type=int, metavar="N", default=d["train_num_steps"], help="optimisation steps in total")
     training.add_argument("--batch-size", dest="train_batch_size", type=int, metavar="N", default=d["train_batch_size"], help="clips per batch, per process")

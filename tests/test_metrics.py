@@ -240,3 +240,19 @@ def test_evaluate_command_scores_a_folder_of_samples_and_a_model(tmp_path, capsy
 
     assert main(["evaluate", str(real), str(tmp_path / "missing"), *size]) == 2
     assert "SAMPLES must be a folder of clips or a trained model" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------ Trainer milestones
+
+
+def test_the_trainer_scores_its_milestone_samples(tmp_path, i3d):
+    from tiny_training import make_clips, make_trainer
+
+    real = make_clips(6)
+    metrics = VideoMetrics(real, ("fvd", "coherence"), i3d=I3DFeatures(i3d, size=32))
+    logs = []
+    trainer = make_trainer(tmp_path / "results", train_num_steps=4, save_and_sample_every=2, num_sample_rows=2,
+                           milestone_metrics=metrics)  # fmt: skip
+    trainer.train(log_fn=logs.append)
+    milestones = [log for log in logs if "sample" in log]
+    assert len(milestones) == 2 and all(log["fvd"] > 0 and 0 <= log["coherence"] <= 1 for log in milestones)

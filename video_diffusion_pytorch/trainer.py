@@ -115,6 +115,9 @@ class Trainer:
         logging_dir: where file-based trackers write (default `results_folder/logs`).
         compile: `torch.compile` the trained and EMA U-nets: True, or a mode string such
             as 'max-autotune' (see `compilation`).
+        milestone_metrics: scores of the milestone samples `(n, c, f, h, w)` in [0, 1], e.g.
+            `metrics.VideoMetrics(real_videos, ("fvd",))`: logged and returned like the
+            validation loss (the sample grid is small: a rough, cheap signal).
 
     Run settings (every argument above but the model, data, folders and `progress`) are
     saved in each checkpoint under "run" and in `results_folder/run.json`. `load` restores
@@ -155,6 +158,7 @@ class Trainer:
         log_with: str | list[str] | None = None,
         logging_dir: str | os.PathLike | None = None,
         compile: bool | str = False,
+        milestone_metrics: Callable[[Tensor], dict[str, float]] | None = None,
     ):
         if not isinstance(diffusion_model, nn.Module) or not hasattr(diffusion_model, "sample"):
             raise TypeError(f"diffusion_model must be a GaussianDiffusion, got {type(diffusion_model).__name__}")
@@ -170,6 +174,7 @@ class Trainer:
         self.accelerator = build_accelerator(amp, mixed_precision, log_with, Path(default(logging_dir, self.results_folder / "logs")))
         self.device = self.accelerator.device
         self.progress = progress
+        self.milestone_metrics = milestone_metrics
         self._lock = RunLock(self.results_folder)
         if self.is_main:
             self._lock.acquire()  # before any work: a second trainer on the folder stops at once

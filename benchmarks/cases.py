@@ -8,9 +8,10 @@ original library's computation), so every difference in time or memory is the U-
 from __future__ import annotations
 
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import Tensor
@@ -37,11 +38,16 @@ class Config:
     frames: int
     size: int
     timesteps: int = 1000
+    train_batch: int = TRAIN_BATCH
+    guided_batches: tuple[int, ...] = GUIDED_BATCHES
+    cond_dim: int = COND_DIM  # of the guided-sampling model
+    train_conditional: bool = False  # train the conditional model (with `cond_dim`)
     notes: str = field(default="", compare=False)
 
     def describe(self) -> str:
         args = ", ".join(f"{k}={v}" for k, v in self.unet.items())
-        return f"Unet3D({args}), {self.frames} frames of {self.size}^2"
+        cond = f", cond_dim={self.cond_dim}" if self.train_conditional else ""
+        return f"Unet3D({args}{cond}), {self.frames} frames of {self.size}^2, train batch {self.train_batch}"
 
 
 CONFIGS: dict[str, Config] = {
@@ -49,6 +55,11 @@ CONFIGS: dict[str, Config] = {
     "small": Config(dict(dim=16, dim_mults=(1, 2, 4, 8)), frames=8, size=32),
     "medium": Config(dict(dim=32, dim_mults=(1, 2, 4, 8)), frames=8, size=32),
     "large": Config(dict(dim=32, dim_mults=(1, 2, 4, 8)), frames=16, size=64),
+    # the scale of the paper's experiments (Ho et al. 2022, §4): GPU-sized
+    "paper": Config(
+        dict(dim=64, dim_mults=(1, 2, 4, 8)), frames=16, size=64, train_batch=8, guided_batches=(4,),
+        cond_dim=64, train_conditional=True,
+    ),
 }
 
 
@@ -56,7 +67,7 @@ def build_pair(
     config: Config, *, conditional: bool, device: torch.device, seed: int = 0
 ) -> dict[str, GaussianDiffusion]:
     """Baseline and optimised diffusion models with the same weights, in eval mode."""
-    unet_kwargs = dict(config.unet, **({"cond_dim": COND_DIM} if conditional else {}))
+    unet_kwargs = dict(config.unet, **({"cond_dim": config.cond_dim} if conditional else {}))
     torch.manual_seed(seed)
     optimised = Unet3D(**unet_kwargs)
     baseline = OriginalUnet3D(**unet_kwargs)
@@ -85,7 +96,7 @@ def make_inputs(config: Config, batch: int, *, conditional: bool, device: torch.
     x = torch.rand(shape, generator=generator) * 2 - 1
     t = torch.randint(1, config.timesteps, (batch,), generator=generator)
     noise = torch.randn(shape, generator=generator)
-    cond = torch.randn(batch, COND_DIM, generator=generator) if conditional else None
+    cond = torch.randn(batch, config.cond_dim, generator=generator) if conditional else None
     return Inputs(*(v.to(device) if v is not None else None for v in (x, t, noise, cond)))
 
 
@@ -117,18 +128,39 @@ def guided_step(model: GaussianDiffusion, inputs: Inputs, dtype: str) -> Callabl
     return step
 
 
+@contextmanager
+def exact_float32() -> Iterator[None]:
+    """Float32 matrix products and convolutions in full float32 on CUDA. By default
+    PyTorch lets cuDNN convolutions use TF32 (10 bits of mantissa), and two convolution
+    algorithms then differ by ~3e-3 relative: more than the parity tolerance, and no
+    difference between the computations themselves."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
 @torch.no_grad()
 def max_relative_error(config: Config, device: torch.device) -> float:
-    """Largest `max|a - b| / max|b|` between the two paths' U-net outputs (fp32) on the
-    benchmark's inputs: the plain forward (train inputs) and the guided forward at every
-    guided batch size."""
+    """Largest `max|a - b| / max|b|` between the two paths' U-net outputs (fp32, TF32
+    off) on the benchmark's inputs: the plain forward (train inputs) and the guided
+    forward at every guided batch size."""
+    with exact_float32():
+        return _max_relative_error(config, device)
+
+
+def _max_relative_error(config: Config, device: torch.device) -> float:
     errors = []
-    pair = build_pair(config, conditional=False, device=device)
-    inputs = make_inputs(config, TRAIN_BATCH, conditional=False, device=device)
-    outs = [m.denoise_fn(inputs.x, inputs.t) for m in pair.values()]
+    conditional = config.train_conditional
+    pair = build_pair(config, conditional=conditional, device=device)
+    inputs = make_inputs(config, config.train_batch, conditional=conditional, device=device)
+    outs = [m.denoise_fn(inputs.x, inputs.t, cond=inputs.cond) for m in pair.values()]
     errors.append(_relative_error(outs[1], outs[0]))
+    del pair
     pair = build_pair(config, conditional=True, device=device)
-    for batch in GUIDED_BATCHES:
+    for batch in config.guided_batches:
         inputs = make_inputs(config, batch, conditional=True, device=device)
         outs = [
             m.denoise_fn.forward_with_cond_scale(inputs.x, inputs.t, cond=inputs.cond, cond_scale=GUIDANCE_SCALE)

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from cases import CONFIGS, PATHS, TRAIN_BATCH, build_pair, make_inputs, train_step
+from cases import CONFIGS, PATHS, build_pair, make_inputs, train_step
 
 MIB = 2**20
 
@@ -68,9 +68,10 @@ def _cuda_peak(step, model, device) -> float:
 def measure(config_name: str, path: str, *, checkpointing: bool, dtype: str, device: str) -> dict:
     device = torch.device(device)
     config = CONFIGS[config_name]
-    model = build_pair(config, conditional=False, device=device)[path].train()
+    conditional = config.train_conditional
+    model = build_pair(config, conditional=conditional, device=device)[path].train()
     model.denoise_fn.gradient_checkpointing = checkpointing
-    step = train_step(model, make_inputs(config, TRAIN_BATCH, conditional=False, device=device), dtype)
+    step = train_step(model, make_inputs(config, config.train_batch, conditional=conditional, device=device), dtype)
     if device.type == "cuda":
         return {"first_step": _cuda_peak(step, model, device), "steady": _cuda_peak(step, model, device)}
     if not CLEAR_REFS.exists():

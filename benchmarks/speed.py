@@ -5,15 +5,19 @@
     python benchmarks/speed.py --quick          # a smoke run on a tiny model, seconds
 
 For every configuration, device and precision it first checks that both paths compute the
-same (max |difference| / max |baseline| under 1e-4 in fp32, on the inputs timed below),
-then times, interleaved (baseline, optimised, baseline, ... after one warm-up each; the
-median of `--repeats`), so that both see the same machine load:
+same (max |difference| / max |baseline| under 1e-4 in fp32, TF32 off on CUDA, on the
+inputs timed below), then times, interleaved (baseline, optimised, baseline, ... after
+one warm-up each; the median of `--repeats`), so that both see the same machine load:
 
 - train step: forward and backward of `GaussianDiffusion.p_losses`, batch 2, the U-net
-  unconditional (its defaults); clips/s is 2 / step time;
+  unconditional (its defaults); clips/s is batch / step time (`paper`: batch 8, the
+  U-net conditional, `cond_dim=64`);
 - guided sampling step: `p_sample` with `cond_scale=3` on the same U-net with
-  `cond_dim=16`, at batch 1 and 4; seconds per sampled video is the batch-4 step time
-  x the number of steps (`--steps`, the schedule's 1000 by default) / 4;
+  `cond_dim=16`, at batch 1 and 4 (`paper`: 64, at batch 4); seconds per sampled video
+  is the largest batch's step time x the number of steps (`--steps`, the schedule's
+  1000 by default) / batch;
+- per step, counted once outside the timings (`counting.py`): aten operations and the
+  copies among them, CUDA kernels launched, and achieved TFLOP/s;
 - peak training memory (MiB), each case in a fresh process (`peak_memory.py` states the
   method), also for the optimised path with gradient checkpointing.
 
@@ -38,15 +42,14 @@ import torch
 from cases import (
     CONFIGS,
     GUIDANCE_SCALE,
-    GUIDED_BATCHES,
     PATHS,
-    TRAIN_BATCH,
     build_pair,
     guided_step,
     make_inputs,
     max_relative_error,
     train_step,
 )
+from counting import count_flops, count_work
 
 # after `cases`, which puts this checkout first on the path
 from video_diffusion_pytorch.files import atomic_write_text
@@ -81,41 +84,52 @@ def time_interleaved(
 
 
 def measure_speed(config_name: str, device: torch.device, dtype: str, *, repeats: int, steps: int) -> dict:
-    """Median seconds of the train step and the guided steps, per path."""
+    """Median seconds of the train step and the guided steps, per path, and what the train
+    step and the largest guided step ask of the machine (`counting.py`)."""
     config = CONFIGS[config_name]
     result: dict[str, dict] = {path: {} for path in PATHS}
 
-    pair = build_pair(config, conditional=False, device=device)
+    pair = build_pair(config, conditional=config.train_conditional, device=device)
     for model in pair.values():
         model.train()
-    inputs = make_inputs(config, TRAIN_BATCH, conditional=False, device=device)
+    inputs = make_inputs(config, config.train_batch, conditional=config.train_conditional, device=device)
 
     def drop_grads() -> None:
         for model in pair.values():
             model.zero_grad(set_to_none=True)
 
-    times = time_interleaved(
-        {path: train_step(pair[path], inputs, dtype) for path in PATHS},
-        repeats=repeats, device=device, before=drop_grads,
-    )  # fmt: skip
+    steps_of = {path: train_step(pair[path], inputs, dtype) for path in PATHS}
+    times = time_interleaved(steps_of, repeats=repeats, device=device, before=drop_grads)
     for path in PATHS:
         result[path]["train_step_s"] = statistics.median(times[path])
-        result[path]["clips_per_s"] = TRAIN_BATCH / result[path]["train_step_s"]
-    del pair
+        result[path]["clips_per_s"] = config.train_batch / result[path]["train_step_s"]
+        result[path].update(_work("train", steps_of[path], device, result[path]["train_step_s"], drop_grads))
+    del pair, steps_of
 
     pair = build_pair(config, conditional=True, device=device)
-    for batch in GUIDED_BATCHES:
+    for batch in config.guided_batches:
         inputs = make_inputs(config, batch, conditional=True, device=device)
-        times = time_interleaved(
-            {path: guided_step(pair[path], inputs, dtype) for path in PATHS},
-            repeats=repeats, device=device, before=lambda: None,
-        )  # fmt: skip
+        steps_of = {path: guided_step(pair[path], inputs, dtype) for path in PATHS}
+        times = time_interleaved(steps_of, repeats=repeats, device=device, before=lambda: None)
         for path in PATHS:
             result[path][f"guided_step_b{batch}_s"] = statistics.median(times[path])
-    batch = max(GUIDED_BATCHES)
+    batch = max(config.guided_batches)
     for path in PATHS:
         result[path]["s_per_video"] = result[path][f"guided_step_b{batch}_s"] * steps / batch
+        seconds = result[path][f"guided_step_b{batch}_s"]
+        result[path].update(_work("guided", steps_of[path], device, seconds, lambda: None))
     return result
+
+
+def _work(task: str, step: Callable[[], None], device: torch.device, seconds: float, before: Callable[[], None]) -> dict:
+    """`{task}_ops`, `{task}_copies`, `{task}_kernels` (CUDA) and `{task}_tflops` (achieved
+    TFLOP/s at the measured median time) of one step."""
+    before()
+    work = count_work(step, device)
+    before()
+    work["tflops"] = count_flops(step) / seconds / 1e12
+    before()
+    return {f"{task}_{key}": value for key, value in work.items()}
 
 
 # ---------------------------------------------------------------- memory
@@ -141,16 +155,22 @@ def measure_memory(config_name: str, device: torch.device, dtype: str, threads: 
 
 # ---------------------------------------------------------------- report
 
+# (header, key, scale, ratio direction): "baseline / optimised" for times and work,
+# "optimised / baseline" for rates; None: no ratio
 COLUMNS = (
-    ("train step ms", "train_step_s", 1000), ("clips/s", "clips_per_s", 1),
-    *((f"guided b{b} ms", f"guided_step_b{b}_s", 1000) for b in GUIDED_BATCHES),
-    ("s/video", "s_per_video", 1),
+    ("train step ms", "train_step_s", 1000, "b/o"), ("clips/s", "clips_per_s", 1, "o/b"),
+    *((f"guided b{b} ms", f"guided_step_b{b}_s", 1000, "b/o") for b in (1, 4)),
+    ("s/video", "s_per_video", 1, "b/o"),
+    ("train aten ops", "train_aten_ops", 1, "b/o"), ("train copies", "train_copies", 1, "b/o"),
+    ("train kernels", "train_kernels", 1, "b/o"), ("train TFLOP/s", "train_tflops", 1, None),
+    ("guided aten ops", "guided_aten_ops", 1, "b/o"), ("guided kernels", "guided_kernels", 1, "b/o"),
+    ("guided TFLOP/s", "guided_tflops", 1, None),
 )  # fmt: skip
 
 
 def rows_of(config: str, device: str, dtype: str, speed: dict, memory: dict | None) -> list[dict]:
-    """One row per path, one of ratios (baseline / optimised for times, optimised /
-    baseline for memory)."""
+    """One row per path, one of ratios (baseline / optimised for times and counts,
+    optimised / baseline for rates and memory)."""
     rows = []
     for path in PATHS:
         row = dict(config=config, device=device, dtype=dtype, path=path, **speed[path])
@@ -160,9 +180,10 @@ def rows_of(config: str, device: str, dtype: str, speed: dict, memory: dict | No
                 row["peak_mib_checkpointing"] = memory["optimised_checkpointing"]
         rows.append(row)
     ratio = dict(config=config, device=device, dtype=dtype, path="speed-up / memory ratio")
-    for _, key, _ in COLUMNS:
-        ratio[key] = speed["baseline"][key] / speed["optimised"][key]
-    ratio["clips_per_s"] = 1 / ratio["clips_per_s"]
+    for _, key, _, direction in COLUMNS:
+        if direction and key in speed["baseline"]:
+            base, ours = speed["baseline"][key], speed["optimised"][key]
+            ratio[key] = base / ours if direction == "b/o" else ours / base
     if memory:
         base = memory["baseline"]
         for kind in ("first_step", "steady"):
@@ -174,14 +195,18 @@ def rows_of(config: str, device: str, dtype: str, speed: dict, memory: dict | No
 
 
 def format_table(rows: list[dict]) -> str:
-    header = ["config", "device", "dtype", "path", *(name for name, _, _ in COLUMNS),
+    columns = [c for c in COLUMNS if any(c[1] in row for row in rows)]
+    header = ["config", "device", "dtype", "path", *(name for name, *_ in columns),
               "peak MiB (steady / first step)", "with checkpointing"]  # fmt: skip
     lines = [header]
     for row in rows:
         is_ratio = row["path"].startswith("speed-up")
         cells = [row["config"], row["device"], row["dtype"], row["path"]]
-        for _, key, scale in COLUMNS:
-            cells.append(f"{row[key]:.2f}x" if is_ratio else f"{row[key] * scale:.3g}")
+        for _, key, scale, _ in columns:
+            if key not in row:
+                cells.append("")
+            else:
+                cells.append(f"{row[key]:.2f}x" if is_ratio else f"{row[key] * scale:.3g}")
         cells += _memory_cells(row, is_ratio)
         lines.append(cells)
     widths = [max(len(str(line[i])) for line in lines) for i in range(len(header))]
@@ -262,6 +287,7 @@ def main(argv: list[str] | None = None) -> dict:
     for config in args.configs:
         for device_name in args.devices:
             device = torch.device(device_name)
+            # float32 in full on CUDA for the check (`cases.exact_float32`), TF32 for the timings
             error = max_relative_error(CONFIGS[config], device)
             parity[f"{config}/{device_name}"] = error
             if error > PARITY_TOLERANCE:
@@ -280,7 +306,7 @@ def main(argv: list[str] | None = None) -> dict:
             "cuda": torch.cuda.get_device_name() if "cuda" in args.devices else None,
             "configs": {c: CONFIGS[c].describe() for c in args.configs},
             "repeats": args.repeats, "sampling_steps": args.steps, "guidance_scale": GUIDANCE_SCALE,
-            "train_batch": TRAIN_BATCH, "parity_max_relative_error": parity,
+            "parity_max_relative_error": parity,
             "memory_method": "see benchmarks/peak_memory.py",
         },
         "rows": rows,

@@ -12,21 +12,31 @@ import math
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange, repeat
-from einops_exts import rearrange_many
+from einops import rearrange
 from rotary_embedding_torch import RotaryEmbedding
 from torch import Tensor, nn
 
 from .helpers import exists
+from .nn import in_input_dtype
 
 # ---------------------------------------------------------------- multi-head attention
+
+
+def compute_dtype(device: torch.device, dtype: torch.dtype) -> torch.dtype:
+    """The dtype matrix products produce on `device` for `dtype` inputs: autocast's when it
+    is on there, else `dtype`. Biases added to attention logits are cast to it once per
+    step, so that the fused kernels take them as they are."""
+    device_type = torch.device(device).type
+    return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else dtype
 
 
 def attend(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None = None, *, fused: bool | None = None) -> Tensor:
     """`softmax(q k^T + bias) v` for `(B, heads, n, d)` inputs, q already scaled.
 
     Args:
-        bias: additive logits broadcastable to `(B, heads, n, n)`, 4-D.
+        bias: additive logits broadcastable to `(B, heads, n, n)`, 4-D. The fused CUDA
+            kernels (memory-efficient, cuDNN) take it only with stride 1 in its last
+            dimension and in the query's dtype; `Attention` hands it so.
         fused: use `F.scaled_dot_product_attention`; by default on CUDA and under
             `torch.compile` (whose attention-pattern rewrite would otherwise turn the
             products below into it, and fails on these strided layouts). Eager on CPU,
@@ -41,6 +51,32 @@ def attend(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None = None, *, fused
     if exists(bias):
         sim = sim + bias
     return sim.softmax(dim=-1) @ v
+
+
+def rotary_tables(rotary_emb: RotaryEmbedding, n: int, *, dim_head: int, device: torch.device) -> Tensor:
+    """Cosines and signed sines `(2, n, 1, 3, dim_head, 1)` that rotate the query rows
+    (scaled by `dim_head ** -0.5`) and the key rows of a projection weight `(heads, 3,
+    dim_head, dim)` to each of `n` positions, and leave the value rows; computed once per
+    step and shared by every temporal attention.
+
+    The rotary embedding (RoFormer, Su et al. 2021, eq. 34) rotates feature pairs
+    `(x_2i, x_2i+1)` of position m by angle `m theta_i`: `x cos + rotate_half(x) sin`, with
+    `rotate_half(x)_2i = -x_2i+1` and `rotate_half(x)_2i+1 = x_2i`. The frequencies come
+    from `rotary_emb`; features past its width are not rotated (cos 1, sin 0).
+    """
+    seq = rotary_emb.get_seq_pos(n, device=device, dtype=rotary_emb.freqs.dtype)
+    angles = rotary_emb(seq, seq_len=n)  # (n, r), each angle repeated for its pair
+    pad = (0, dim_head - angles.shape[-1])
+    # (n, r) -> (n, r / 2, 2): the sine of the first of each pair gets rotate_half's sign
+    sin = rearrange(angles.sin(), "n (i r) -> n i r", r=2)
+    sin = F.pad(torch.stack((-sin[..., 0], sin[..., 1]), dim=-1).flatten(1), pad)
+    cos = F.pad(angles.cos(), pad, value=1.0)
+    # (3, n, d): queries (scaled), keys, values (not rotated: cos 1, sin 0)
+    scale = dim_head**-0.5
+    cos = torch.stack((cos * scale, cos, torch.ones_like(cos)))
+    sin = torch.stack((sin * scale, sin, torch.zeros_like(sin)))
+    # (2, 3, n, d) -> (2, n, 1, 3, d, 1): over heads and in-features
+    return rearrange(torch.stack((cos, sin)), "cs t n d -> cs n 1 t d 1")
 
 
 class Attention(nn.Module):
@@ -60,6 +96,7 @@ class Attention(nn.Module):
         super().__init__()
         self.scale = dim_head**-0.5
         self.heads = heads
+        self.dim_head = dim_head
         hidden_dim = dim_head * heads
         self.rotary_emb = rotary_emb
         self.to_qkv = nn.Linear(dim, hidden_dim * 3, bias=False)
@@ -76,57 +113,64 @@ class Attention(nn.Module):
         Returns `(..., n, dim)`.
         """
         *batch, n, dim = x.shape
-        w_q, w_k, w_v = self.to_qkv.weight.chunk(3, dim=0)  # (heads * d, dim) each
         # (..., n, c) -> (n, B, c): positions lead, so each can have its own weights
-        tokens = rearrange(x, "... n c -> n (...) c")
-        if exists(self.rotary_emb):
-            w_q, w_k = rearrange(self._rotated_qk_weight(n), "t n o c -> t n c o")
-            q, k = torch.bmm(tokens, w_q), torch.bmm(tokens, w_k)
-        else:
-            q, k = F.linear(tokens, w_q * self.scale), F.linear(tokens, w_k)
-        v = F.linear(tokens, w_v)
-        # (n, B, heads * d) -> (B, heads, n, d), views
-        q, k, v = rearrange_many((q, k, v), "n B (h d) -> B h n d", h=self.heads)
-
-        bias = self._logit_bias(pos_bias, attn_mask, batch, n)
-        out = attend(q, k, v, bias.to(q.dtype) if exists(bias) else None)
-
+        q, k, v = self.project(rearrange(x, "... n c -> n (...) c"), self._tables(n, x.device))
+        out = attend(q, k, v, self.logit_bias(pos_bias, attn_mask, batch, n, q.dtype))
         # (B, heads, n, d) -> (n, B, heads * d) -> (..., n, dim)
         out = self.to_out(rearrange(out, "B h n d -> n B (h d)"))
         return rearrange(out, "n B c -> B n c").reshape(*batch, n, dim)
 
-    def _rotated_qk_weight(self, n: int) -> Tensor:
-        """The query and key weights of each of `n` positions, `(2, n, heads * d, dim)`,
-        with the rotary embedding and the query's `d ** -0.5` scale folded in. A rotation
-        is linear, so rotating the weights rotates the projections: `R_i (W x_i) =
-        (R_i W) x_i` (RoFormer, Su et al. 2021, eq. 34), at the cost of a few weight-sized
-        products instead of several passes over every query and key."""
-        w_q, w_k, _ = self.to_qkv.weight.chunk(3, dim=0)  # (heads * d, c) each
-        # (heads * d, c) -> (2, heads, c, n, d): rotate d along the position axis n
-        w_qk = repeat(
-            torch.stack((w_q * self.scale, w_k)), "t (h d) c -> t h c n d", h=self.heads, n=n
-        )
-        w_qk = self.rotary_emb.rotate_queries_or_keys(w_qk)
-        return rearrange(w_qk, "t h c n d -> t n (h d) c")
+    def _tables(self, n: int, device: torch.device) -> Tensor | None:
+        if not exists(self.rotary_emb):
+            return None
+        return rotary_tables(self.rotary_emb, n, dim_head=self.dim_head, device=device)
 
-    def _logit_bias(
-        self, pos_bias: Tensor | None, attn_mask: Tensor | None, batch: list[int], n: int
+    def project(self, tokens: Tensor, rotation: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """Queries (scaled, rotated), keys (rotated) and values `(B, heads, n, d)` of
+        position-major tokens `(n, B, dim)`, from one matrix product; `rotation` is
+        `rotary_tables(self.rotary_emb, n, ...)` when there is a rotary embedding. Features
+        come out head-major, `(heads, 3, d)`, so that batch and heads merge into one axis
+        of a view: matrix products and the fused kernels read them without copies."""
+        if exists(self.rotary_emb):
+            # (n, B, c) @ (n, c, heads * 3 * d): a weight per position
+            qkv = torch.bmm(tokens, self._rotated_weight(rotation).transpose(1, 2))
+        else:
+            w_q, w_kv = self.to_qkv.weight.split((self.heads * self.dim_head, 2 * self.heads * self.dim_head))
+            weight = torch.cat((w_q * self.scale, w_kv))
+            qkv = F.linear(tokens, rearrange(weight, "(t h d) c -> (h t d) c", t=3, h=self.heads))
+        # (n, B, (heads, 3, d)) -> 3 x (B, heads, n, d), views
+        return rearrange(qkv, "n B (h t d) -> t B h n d", h=self.heads, t=3).unbind(0)
+
+    def _rotated_weight(self, rotation: Tensor) -> Tensor:
+        """The projection weight of each of n positions, `(n, heads * 3 * d, dim)`, rows
+        head-major, with the rotary embedding and the query's `d ** -0.5` scale folded in.
+        A rotation is linear, so rotating the weights rotates the projections: `R_m (W x_m)
+        = (R_m W) x_m` (RoFormer, Su et al. 2021, eq. 34), at the cost of a few weight-sized
+        products instead of several passes over every query and key."""
+        cos, sin = rotation  # (n, 1, 3, d, 1) each
+        # (3 * heads * d, c) -> (heads, 3, d, c)
+        weight = rearrange(self.to_qkv.weight, "(t h d) c -> h t d c", t=3, h=self.heads)
+        # each feature pair swapped: rotate_half with its signs folded into the sines
+        swapped = rearrange(weight, "h t (i r) c -> h t i r c", r=2).flip(-2).flatten(2, 3)
+        # (heads, 3, d, c) -> (n, heads, 3, d, c) -> (n, heads * 3 * d, c)
+        return (weight * cos + swapped * sin).flatten(1, 3)
+
+    def logit_bias(
+        self, pos_bias: Tensor | None, attn_mask: Tensor | None, batch: list[int], n: int, dtype: torch.dtype
     ) -> Tensor | None:
-        """The additive logit bias as SDPA takes it, 4-D: `(1 or B, heads, n, n)`."""
+        """The additive logit bias as SDPA takes it, 4-D: `(1 or B, heads, n, n)`, stride 1
+        in its last dimension, in `dtype` (the query's)."""
         bias = pos_bias
         if exists(attn_mask):
             # a forbidden key gets -inf, so its softmax weight is exactly zero;
             # (..., heads, n, n) -> (B, heads, n, n), one copy of the per-sample mask
-            bias = torch.zeros((), device=attn_mask.device) if bias is None else bias
+            bias = torch.zeros((), device=attn_mask.device, dtype=dtype) if bias is None else bias.to(dtype)
             bias = bias.masked_fill(~attn_mask, float("-inf"))
             return bias.expand(*batch, self.heads, n, n).reshape(-1, self.heads, n, n)
-        if exists(bias):
-            bias = rearrange(bias, "h i j -> 1 h i j")
-        return bias
-
-    def values_only(self, x: Tensor) -> Tensor:
-        """The output when every token may attend only to itself: `to_out(v)`."""
-        return self.to_out(F.linear(x, self.to_qkv.weight.chunk(3, dim=0)[-1]))
+        if not exists(bias):
+            return None
+        # (heads, n, n) -> (1, heads, n, n); a copy only if it comes in another layout or dtype
+        return rearrange(bias, "h i j -> 1 h i j").to(dtype).contiguous()
 
 
 # ---------------------------------------------------------------- relative position bias
@@ -170,14 +214,21 @@ class RelativePositionBias(nn.Module):
 
     def forward(self, n: int, device: torch.device) -> Tensor:
         """Bias `(heads, n, n)` for `n` frames."""
+        values = self.relative_attention_bias(self._bucket_indices(n, device))
+        return rearrange(values, "i j h -> h i j")
+
+    def _bucket_indices(self, n: int, device: torch.device) -> Tensor:
+        if torch.compiler.is_compiling():
+            # traced as constants; a cached tensor would be a graph output, which CUDA
+            # graphs overwrite on their next replay
+            return self._buckets_for(n, device)
         key = (n, torch.device(device))
         if key not in self._buckets:
             # built outside inference mode, so a cache filled while sampling still serves
             # autograd later (reconstruction guidance, training)
             with torch.inference_mode(False):
                 self._buckets[key] = self._buckets_for(n, device)
-        values = self.relative_attention_bias(self._buckets[key])
-        return rearrange(values, "i j h -> h i j")
+        return self._buckets[key]
 
     def _buckets_for(self, n: int, device: torch.device) -> Tensor:
         """Bucket indices `(n, n)` of the offsets between n frames."""
@@ -196,7 +247,9 @@ def temporal_attention_mask(
     *,
     device: torch.device,
 ) -> Tensor | None:
-    """Which frame may attend to which: bool `(b or 1, f, f)`, or None when all may.
+    """Which frame may attend to which: bool `(b or 1, f, f)`, or None when no mask is
+    given. The masks' values are not read here (that would make the host wait for the
+    device): pass None rather than a mask that masks nothing.
 
     Args:
         num_frames: f.
@@ -206,18 +259,16 @@ def temporal_attention_mask(
             independent image (joint image-video training, Ho et al. 2022, §3): it attends
             only to itself, and no other frame attends to it.
     """
-    focus_any = exists(focus_present_mask) and bool(focus_present_mask.any())
-    independent_any = exists(independent_frames) and bool(independent_frames.any())
-    if not (focus_any or independent_any):
+    if not (exists(focus_present_mask) or exists(independent_frames)):
         return None
 
     eye = torch.eye(num_frames, dtype=torch.bool, device=device)
     allowed = torch.ones((1, num_frames, num_frames), dtype=torch.bool, device=device)
-    if independent_any:
+    if exists(independent_frames):
         # (b, f) -> (b, f, f): both frames must belong to the clip, or it is the diagonal
         in_clip = ~independent_frames.reshape(-1, num_frames)
         allowed = (rearrange(in_clip, "b i -> b i 1") & rearrange(in_clip, "b j -> b 1 j")) | eye
-    if focus_any:
+    if exists(focus_present_mask):
         # (b,) -> (b, 1, 1): a focused sample keeps only the diagonal
         allowed = allowed & (eye | ~rearrange(focus_present_mask, "b -> b 1 1"))
     return allowed
@@ -227,7 +278,8 @@ def temporal_attention_mask(
 
 
 class TemporalAttention(nn.Module):
-    """Attention across frames, every pixel on its own: `(b, c, f, h, w)` in and out."""
+    """Attention across frames, every pixel on its own: `(b, c, f, h, w)` in and out,
+    channels-last-3d out."""
 
     def __init__(self, attention: Attention):
         super().__init__()
@@ -239,25 +291,24 @@ class TemporalAttention(nn.Module):
         pos_bias: Tensor | None = None,
         focus_present_mask: Tensor | None = None,
         independent_frames: Tensor | None = None,
+        rotation: Tensor | None = None,
     ) -> Tensor:
+        """`pos_bias` `(heads, f, f)`; the masks as `temporal_attention_mask` takes them;
+        `rotation`: `rotary_tables(...)` for f frames, computed here when None."""
         b, c, f, h, w = x.shape
-        x = rearrange(x, "b c f h w -> b (h w) f c")
-
-        if exists(focus_present_mask) and bool(focus_present_mask.all()):
-            # every sample attends only to the present frame: softmax over one key is 1
-            out = self.fn.values_only(x)
-        else:
-            allowed = temporal_attention_mask(
-                f, focus_present_mask, independent_frames, device=x.device
-            )
-            if exists(allowed):
-                # (b, i, j) -> (b, 1, 1, i, j): broadcast over pixels and heads
-                allowed = rearrange(allowed, "b i j -> b 1 1 i j")
-            out = self.fn(x, pos_bias=pos_bias, attn_mask=allowed)
-
-        # back to channels-last in one copy, rather than one in every layer that follows
-        out = rearrange(out, "b (h w) f c -> b c f h w", h=h, w=w)
-        return out.contiguous(memory_format=torch.channels_last_3d)
+        rotation = rotation if exists(rotation) else self.fn._tables(f, x.device)
+        # (b, c, f, h, w) -> (f, b * h * w, c): frames lead, one copy
+        q, k, v = self.fn.project(rearrange(x, "b c f h w -> f (b h w) c"), rotation)
+        allowed = temporal_attention_mask(f, focus_present_mask, independent_frames, device=x.device)
+        if exists(allowed):
+            # (b, i, j) -> (b, 1, 1, i, j): broadcast over pixels and heads
+            allowed = rearrange(allowed, "b i j -> b 1 1 i j")
+        bias = self.fn.logit_bias(pos_bias, allowed, [b, h * w], f, q.dtype)
+        out = attend(q, k, v, bias)
+        # (b * h * w, heads, f, d) -> (b, f, h * w, heads * d), one copy; projected, it is
+        # the channels-last layout of (b, c, f, h, w), so the layers that follow copy nothing
+        out = self.fn.to_out(rearrange(out, "(b p) heads f d -> b f p (heads d)", b=b))
+        return rearrange(out, "b f (h w) c -> b c f h w", h=h)
 
 
 class SpatialAttention(nn.Module):
@@ -297,22 +348,28 @@ class SpatialLinearAttention(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         b, c, f, h, w = x.shape
-        w_q, w_k, w_v = rearrange(self.to_qkv.weight, "(t o) c 1 1 -> t o c", t=3)
+        heads = self.heads
+        weight = rearrange(self.to_qkv.weight, "(t h d) c 1 1 -> t h d c", t=3, h=heads)
         # (b, c, f, h, w) -> (b*f, h*w, c): a view for a channels-last video
         tokens = rearrange(x, "b c f h w -> (b f) (h w) c")
 
-        # (bf, n, heads * d) -> (bf, n, heads, d)
-        # (bf, n, heads * d) -> (bf, n, heads, d): softmax over each head's features
-        q = rearrange(F.linear(tokens, w_q), "b n (h d) -> b n h d", h=self.heads).softmax(dim=-1)
-        k = F.linear(tokens, w_k).softmax(dim=1)  # (bf, n, heads * d), over the pixels
+        # queries and keys in one product, (bf, n, 2 * heads * d) -> 2 x (bf, n, heads, d)
+        qk = F.linear(tokens, rearrange(weight[:2], "t h d c -> (t h d) c"))
+        q, k = rearrange(qk, "b n (t h d) -> t b n h d", t=2, h=heads).unbind(0)
+        with in_input_dtype(qk):
+            q = q.softmax(dim=-1)  # over each head's features
+            k = k.softmax(dim=1)  # over the pixels
 
-        # (x k^T): (bf, c, n) @ (bf, n, heads * d) -> (bf, c, heads, d); in this order the
+        # (x k^T): (bf, c, n) @ (bf, n, heads * d) -> (bf, c, heads * d); in this order the
         # gradient of k comes out in k's own layout
-        x_k = rearrange(rearrange(tokens, "b n c -> b c n") @ k, "b c (h d) -> b c h d", h=self.heads)
-        context = torch.einsum("b c h d, h e c -> b h d e", x_k, rearrange(w_v, "(h e) c -> h e c", h=self.heads))
-        w_out = rearrange(self.to_out.weight, "o (h e) 1 1 -> o h e", h=self.heads)
-        mixer = torch.einsum("o h e, b h d e -> b h d o", w_out, context) * self.scale
-        mixer = rearrange(mixer, "b h d o -> b (h d) o")
-        # (bf, n, heads * d) @ (bf, heads * d, c) + bias -> (bf, n, c)
-        out = torch.baddbmm(self.to_out.bias, rearrange(q, "b n h d -> b n (h d)"), mixer)
+        x_k = tokens.transpose(1, 2) @ k.flatten(2)
+        # per head, the frames' features stacked: (bf, c, heads * d) -> (heads, bf * d, c)
+        x_k = rearrange(x_k, "b c (h d) -> h (b d) c", h=heads)
+        # context^T: (heads, bf * d, c) @ (heads, c, e) -> (heads, bf * d, e)
+        context = torch.bmm(x_k, rearrange(weight[2], "h e c -> h c e"))
+        # the per-frame mixer: (heads, bf * d, e) @ (heads, e, o) -> (bf, heads * d, o)
+        mixer = torch.bmm(context, rearrange(self.to_out.weight, "o (h e) 1 1 -> h e o", h=heads))
+        mixer = rearrange(mixer, "h (b d) o -> b (h d) o", b=b * f)
+        # (bf, n, heads * d) @ (bf, heads * d, c) * scale + bias -> (bf, n, c)
+        out = torch.baddbmm(self.to_out.bias, q.flatten(2), mixer, alpha=self.scale)
         return rearrange(out, "(b f) (h w) c -> b c f h w", b=b, h=h)

@@ -35,6 +35,22 @@ def channels_first(x: Tensor) -> Tensor:
     return rearrange(x, "b f h w c -> b c f h w")
 
 
+# ---------------------------------------------------------------- precision
+
+
+def same_dtype(t: Tensor, like: Tensor) -> Tensor:
+    """`t` in `like`'s dtype (no operation when it already is)."""
+    return t if t.dtype == like.dtype else t.to(like.dtype)
+
+
+def in_input_dtype(x: Tensor) -> torch.autocast:
+    """A context that turns autocast off on x's device, so that norms and softmaxes run
+    in their input's dtype: their kernels keep float32 statistics inside, and a bfloat16
+    video stays bfloat16 (under autocast they would return float32, and every matrix
+    product after them would cast it back, a copy of every activation)."""
+    return torch.autocast(x.device.type, enabled=False)
+
+
 # ---------------------------------------------------------------- norms and wrappers
 
 
@@ -48,35 +64,42 @@ class LayerNorm(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         # (b, c, f, h, w) -> (b, f, h, w, c): the fused kernel normalises the last axis
-        gamma = rearrange(self.gamma, "1 c 1 1 1 -> c")
-        out = F.layer_norm(channels_last(x), gamma.shape, gamma, None, self.eps)
+        gamma = same_dtype(rearrange(self.gamma, "1 c 1 1 1 -> c"), x)
+        with in_input_dtype(x):
+            out = F.layer_norm(channels_last(x), gamma.shape, gamma, None, self.eps)
         return channels_first(out)
 
 
 class _RMSNormalize(torch.autograd.Function):
-    """`n = x / max(||x||, 1e-12) * sqrt(c)` over the last axis (c), as `F.normalize(x) *
-    sqrt(c)`, in two passes forward and four backward from the saved output:
-    `dx = r (dn - n mean(dn n))` with `r = sqrt(c) / ||x||`. (Autograd's decomposition
-    of `F.normalize` or `F.rms_norm` takes about twice as many passes and keeps x too.)
-    The backward treats the norm as unclamped: it differs only for ||x|| < 1e-12."""
+    """`n = x / max(rms(x), 1e-12 / sqrt(c))` over axis 1 (c), as `F.normalize(x, dim=1) *
+    sqrt(c)` (`rms(x) = ||x|| / sqrt(c)`), in two passes forward and four backward from the
+    saved output: `dx = r (dn - n mean(dn n))` with `r = 1 / rms(x)`. (Autograd's
+    decomposition of `F.normalize` or `F.rms_norm` takes about twice as many passes and
+    keeps x too.) The backward treats the norm as unclamped: it differs only for
+    ||x|| < 1e-12. On a channels-last video, axis 1 is the contiguous one: no layout
+    changes are needed. `inv_c` is `1 / c` as a 0-dim tensor: a Python number meeting a
+    tensor would cost a conversion copy on every call. Sums accumulate in at least float32;
+    n and dx come out in x's dtype."""
 
     @staticmethod
-    def forward(ctx, x: Tensor) -> Tensor:
-        r = x.shape[-1] ** 0.5 / torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp(min=1e-12)
-        n = x * r
-        ctx.save_for_backward(n, r)
+    def forward(ctx, x: Tensor, inv_c: Tensor) -> Tensor:
+        with in_input_dtype(x):
+            square_sum = torch.sum(x * x, dim=1, keepdim=True, dtype=_statistics_dtype(x))
+            r = torch.rsqrt((square_sum * inv_c).clamp(min=1e-24 / x.shape[1]))
+            n = x * same_dtype(r, x)
+        ctx.save_for_backward(n, r, inv_c)
         return n
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> Tensor:
-        n, r = ctx.saved_tensors
-        mean_grad_n = (grad * n).mean(dim=-1, keepdim=True)
-        return torch.addcmul(grad, n, mean_grad_n, value=-1) * r
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
+        n, r, inv_c = ctx.saved_tensors
+        with in_input_dtype(grad):
+            mean_grad_n = torch.sum(grad * n, dim=1, keepdim=True, dtype=_statistics_dtype(grad)) * inv_c
+            return (grad - n * same_dtype(mean_grad_n, grad)) * same_dtype(r, grad), None
 
 
-def rms_normalize(tokens: Tensor) -> Tensor:
-    """`tokens / ||tokens||_2 * sqrt(c)` over the last axis (c)."""
-    return _RMSNormalize.apply(tokens)
+def _statistics_dtype(x: Tensor) -> torch.dtype:
+    return torch.promote_types(x.dtype, torch.float32)
 
 
 class RMSNorm(nn.Module):
@@ -86,11 +109,14 @@ class RMSNorm(nn.Module):
         super().__init__()
         self.scale = dim**0.5
         self.gamma = nn.Parameter(torch.ones(dim, 1, 1, 1))
+        self.register_buffer("inv_dim", torch.tensor(1.0 / dim), persistent=False)
+
+    def normalize(self, x: Tensor) -> Tensor:
+        """`x / ||x||_2 * sqrt(dim)` over axis 1, without the gain."""
+        return _RMSNormalize.apply(x, self.inv_dim)
 
     def forward(self, x: Tensor) -> Tensor:
-        # (b, c, f, h, w) -> (b, f, h, w, c): normalise the last axis
-        gamma = rearrange(self.gamma, "c 1 1 1 -> c")
-        return channels_first(rms_normalize(channels_last(x)) * gamma)
+        return self.normalize(x) * same_dtype(self.gamma, x)
 
 
 class PreNorm(nn.Module):
@@ -185,10 +211,10 @@ class Block(nn.Module):
         if not exists(scale_shift):
             return self.act(self.norm(x))
         # norm and FiLM in two passes: x / rms(x) * (gamma * (scale + 1)) + shift
-        scale, shift = (channels_last(t) for t in scale_shift)  # (b, c, 1, 1, 1) -> (b, 1, 1, 1, c)
-        gain = rearrange(self.norm.gamma, "c 1 1 1 -> c") * (scale + 1)
-        x = torch.addcmul(shift, rms_normalize(channels_last(x)), gain)
-        return channels_first(self.act(x))
+        scale, shift = scale_shift
+        gamma = self.norm.gamma
+        gain = same_dtype(gamma + gamma * scale, shift)  # (b, c, 1, 1, 1)
+        return self.act(self.norm.normalize(x) * gain + shift)
 
 
 class ResnetBlock(nn.Module):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Callable
 
 import torch
@@ -17,6 +18,8 @@ from .attention import (
     SpatialAttention,
     SpatialLinearAttention,
     TemporalAttention,
+    compute_dtype,
+    rotary_tables,
 )
 from .denoiser import DenoiserSpec
 from .helpers import default, exists, prob_mask_like
@@ -112,10 +115,14 @@ class Unet3D(PretrainedMixin, nn.Module):
         # the model, such as an EMA copy, runs it with its own weights)
         self._compiled_unet: Callable[..., Tensor] | None = None
         self._checked_signature: tuple | None = None  # of the last inputs `_check_inputs` accepted
+        self._cuda_graphs = False
 
         # one rotary embedding and one position bias shared by every temporal attention
         # no frequency cache: it would go stale when a state dict loads other `freqs`
         rotary_emb = RotaryEmbedding(min(32, attn_dim_head), cache_if_possible=False)
+        # its tables for a step's frame count, built once per step for every temporal
+        # attention (a function, not a submodule: the state dict keeps the original's keys)
+        self._rotary_tables = partial(rotary_tables, rotary_emb, dim_head=attn_dim_head)
         self.time_rel_pos_bias = RelativePositionBias(heads=attn_heads, max_distance=32)
 
         layers = _Layers(attn_heads, attn_dim_head, rotary_emb, use_sparse_linear_attn)
@@ -225,7 +232,6 @@ class Unet3D(PretrainedMixin, nn.Module):
             )  # fmt: skip
         time = self._check_inputs(x, time, cond, focus_present_mask, independent_frames, cond_scale)
         batch, device = x.shape[0], x.device
-        independent_frames = _none_if_all_false(independent_frames)
         focus = [_draw_focus(batch, focus_present_mask, prob_focus_present, device) for _ in range(2)]
         if any(map(exists, focus)):
             focus = [default(mask, lambda: prob_mask_like((batch,), 0.0, device=device)) for mask in focus]
@@ -283,7 +289,7 @@ class Unet3D(PretrainedMixin, nn.Module):
         drop_cond = prob_mask_like((batch,), null_cond_prob, device=x.device) if self.has_cond else None
         return self._denoise(
             x, time, cond, drop_cond=drop_cond, focus_present_mask=focus_present_mask,
-            independent_frames=_none_if_all_false(independent_frames),
+            independent_frames=independent_frames,
         )  # fmt: skip
 
     def compile(self, *args: Any, **kwargs: Any) -> None:
@@ -295,13 +301,23 @@ class Unet3D(PretrainedMixin, nn.Module):
         outputs equal the eager ones to float rounding. einops calls enter the graph as
         single operations (as einops arranged itself for torch < 2.8), which makes tracing
         about ten times faster.
+
+        `mode="reduce-overhead"` (or `"max-autotune"`) also replays each compiled shape as
+        a CUDA graph: one launch per step instead of thousands, for fixed shapes (a
+        training run, a sampling loop). A replay reuses its output memory: each call marks
+        a new step, so use (or clone) an output before the next call, as training and the
+        samplers do. Compiled code is cached on disk by PyTorch (`TORCHINDUCTOR_CACHE_DIR`),
+        so later runs of the same model and shapes skip most of the warm-up.
         """
         for op in (rearrange, repeat, reduce):
             torch.compiler.allow_in_graph(op)
         self._compiled_unet = torch.compile(Unet3D._unet, *args, **kwargs)
+        self._cuda_graphs = kwargs.get("mode") in ("reduce-overhead", "max-autotune")
 
     def _denoise(self, *args: Any, **kwargs: Any) -> Tensor:
         if exists(self._compiled_unet):
+            if self._cuda_graphs:
+                torch.compiler.cudagraph_mark_step_begin()
             return self._compiled_unet(self, *args, **kwargs)
         return self._unet(*args, **kwargs)
 
@@ -316,16 +332,22 @@ class Unet3D(PretrainedMixin, nn.Module):
         independent_frames: Tensor | None,
     ) -> Tensor:
         """The U-net proper, on checked inputs; `drop_cond` (b,) marks the samples whose
-        condition is replaced by the null embedding. The masks are None when they mask
-        nothing, so that no layer needs to inspect them (no host syncs, no graph breaks
-        under `torch.compile`)."""
+        condition is replaced by the null embedding. No value of any input is read (the
+        host never waits for the device, and `torch.compile` captures one graph)."""
         num_frames = x.shape[2]
+        # cast once per step to the dtype of the attention logits, contiguous: the layout
+        # and dtype the fused attention kernels take as they are
         time_rel_pos_bias = self.time_rel_pos_bias(num_frames, device=x.device)
+        time_rel_pos_bias = time_rel_pos_bias.to(compute_dtype(x.device, x.dtype)).contiguous()
         run = self._run_checkpointed if self.gradient_checkpointing and torch.is_grad_enabled() else _call
 
         # channels-last from here on: norms and projections act on the last axis, no copies
         x = self.init_conv(x.contiguous(memory_format=torch.channels_last_3d))
-        x = run(self.init_temporal_attn, x, pos_bias=time_rel_pos_bias, independent_frames=independent_frames)
+        rotation = self._rotary_tables(num_frames, device=x.device)
+        x = run(
+            self.init_temporal_attn, x, pos_bias=time_rel_pos_bias, independent_frames=independent_frames,
+            rotation=rotation,
+        )  # fmt: skip
         r = x
 
         t = self.time_mlp(time)
@@ -338,6 +360,7 @@ class Unet3D(PretrainedMixin, nn.Module):
             pos_bias=time_rel_pos_bias,
             focus_present_mask=focus_present_mask,
             independent_frames=independent_frames,
+            rotation=rotation,
         )
 
         skips = []
@@ -386,15 +409,9 @@ def _call(module: nn.Module, *args: Any, **kwargs: Any) -> Tensor:
     return module(*args, **kwargs)
 
 
-def _none_if_all_false(mask: Tensor | None) -> Tensor | None:
-    return mask if exists(mask) and bool(mask.any()) else None
-
-
 def _draw_focus(batch: int, mask: Tensor | None, prob: float, device: torch.device) -> Tensor | None:
     """The focus-on-the-present mask `(b,)`: the given one, else drawn with probability
-    `prob` (no random draw at 0, as `prob_mask_like`); None when it focuses nothing."""
-    if not exists(mask):
-        if prob == 0:
-            return None
-        mask = prob_mask_like((batch,), prob, device=device)
-    return _none_if_all_false(mask)
+    `prob` (no random draw at 0, as `prob_mask_like`); None when none is given or drawn."""
+    if exists(mask) or prob == 0:
+        return mask
+    return prob_mask_like((batch,), prob, device=device)

@@ -293,22 +293,15 @@ class Unet3D(PretrainedMixin, nn.Module):
         )  # fmt: skip
 
     def compile(self, *args: Any, **kwargs: Any) -> None:
-        """Compile the U-net in place with `torch.compile(*args, **kwargs)`.
-
-        Unlike `nn.Module.compile`, which compiles `__call__` only, this also covers
-        `forward_with_cond_scale` (guided sampling); input checks and random masks stay
-        eager. Each new input shape (and grad mode) compiles on its first call; the
-        outputs equal the eager ones to float rounding. einops calls enter the graph as
-        single operations (as einops arranged itself for torch < 2.8), which makes tracing
-        about ten times faster.
-
-        `mode="reduce-overhead"` (or `"max-autotune"`) also replays each compiled shape as
-        a CUDA graph: one launch per step instead of thousands, for fixed shapes (a
-        training run, a sampling loop). A replay reuses its output memory: each call marks
-        a new step, so use (or clone) an output before the next call, as training and the
-        samplers do. Compiled code is cached on disk by PyTorch (`TORCHINDUCTOR_CACHE_DIR`),
-        so later runs of the same model and shapes skip most of the warm-up.
-        """
+        """Compile the U-net in place with `torch.compile(*args, **kwargs)`, guided sampling
+        (`forward_with_cond_scale`) included, unlike `nn.Module.compile`; input checks and
+        random masks stay eager. Each new input shape (and grad mode) compiles on its first
+        call; outputs equal the eager ones to float rounding. einops calls enter the graph
+        as single operations (tracing is about ten times faster).
+        `mode="reduce-overhead"` (or `"max-autotune"`) replays each compiled shape as a CUDA
+        graph, one launch per step: each call marks a new step and reuses the last one's
+        output memory, so use or clone an output before the next call (as training and the
+        samplers do). `TORCHINDUCTOR_CACHE_DIR` keeps compiled code for later runs."""
         for op in (rearrange, repeat, reduce):
             torch.compiler.allow_in_graph(op)
         self._compiled_unet = torch.compile(Unet3D._unet, *args, **kwargs)
@@ -335,33 +328,27 @@ class Unet3D(PretrainedMixin, nn.Module):
         condition is replaced by the null embedding. No value of any input is read (the
         host never waits for the device, and `torch.compile` captures one graph)."""
         num_frames = x.shape[2]
-        # cast once per step to the dtype of the attention logits, contiguous: the layout
-        # and dtype the fused attention kernels take as they are
+        # in the attention logits' dtype, contiguous, once per step: as fused kernels take it
         time_rel_pos_bias = self.time_rel_pos_bias(num_frames, device=x.device)
         time_rel_pos_bias = time_rel_pos_bias.to(compute_dtype(x.device, x.dtype)).contiguous()
-        run = self._run_checkpointed if self.gradient_checkpointing and torch.is_grad_enabled() else _call
+        # gradient checkpointing (Chen et al. 2016): keep each block's inputs, recompute the rest
+        checkpointed = self.gradient_checkpointing and torch.is_grad_enabled()
+        run = partial(checkpoint, use_reentrant=False) if checkpointed else _call
+
+        rotation = self._rotary_tables(num_frames, device=x.device)
+        temporal_kwargs = dict(pos_bias=time_rel_pos_bias, independent_frames=independent_frames, rotation=rotation)
 
         # channels-last from here on: norms and projections act on the last axis, no copies
         x = self.init_conv(x.contiguous(memory_format=torch.channels_last_3d))
-        rotation = self._rotary_tables(num_frames, device=x.device)
-        x = run(
-            self.init_temporal_attn, x, pos_bias=time_rel_pos_bias, independent_frames=independent_frames,
-            rotation=rotation,
-        )  # fmt: skip
+        x = run(self.init_temporal_attn, x, **temporal_kwargs)  # no focus here, as in the original
         r = x
+        temporal_kwargs.update(focus_present_mask=focus_present_mask)
 
         t = self.time_mlp(time)
         if self.has_cond:
             # classifier-free guidance: the null embedding where drop_cond is set
             cond = torch.where(rearrange(drop_cond, "b -> b 1"), self.null_cond_emb, cond)
             t = torch.cat((t, cond), dim=-1)
-
-        temporal_kwargs = dict(
-            pos_bias=time_rel_pos_bias,
-            focus_present_mask=focus_present_mask,
-            independent_frames=independent_frames,
-            rotation=rotation,
-        )
 
         skips = []
         for block1, block2, spatial_attn, temporal_attn, downsample in self.downs:
@@ -388,12 +375,6 @@ class Unet3D(PretrainedMixin, nn.Module):
         x = torch.cat((x, r), dim=1)
         return run(self.final_conv, x).contiguous()
 
-    @staticmethod
-    def _run_checkpointed(module: nn.Module, *args: Any, **kwargs: Any) -> Tensor:
-        """`module(*args, **kwargs)`, keeping only the inputs for the backward pass and
-        recomputing the rest there (gradient checkpointing, Chen et al. 2016)."""
-        return checkpoint(module, *args, use_reentrant=False, **kwargs)
-
 
 def _check_arguments(*, block_type: str, init_kernel_size: int, dim_mults: tuple[int, ...]) -> None:
     """Raise a ValueError for constructor arguments that build no working U-net."""
@@ -410,8 +391,8 @@ def _call(module: nn.Module, *args: Any, **kwargs: Any) -> Tensor:
 
 
 def _draw_focus(batch: int, mask: Tensor | None, prob: float, device: torch.device) -> Tensor | None:
-    """The focus-on-the-present mask `(b,)`: the given one, else drawn with probability
-    `prob` (no random draw at 0, as `prob_mask_like`); None when none is given or drawn."""
+    """The focus mask `(b,)`: the given one, else drawn with probability `prob` (no draw,
+    None, at 0)."""
     if exists(mask) or prob == 0:
         return mask
     return prob_mask_like((batch,), prob, device=device)

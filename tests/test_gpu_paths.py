@@ -157,6 +157,21 @@ def test_a_training_step_dispatches_fewer_operations_and_copies_than_the_origina
     assert ops <= 0.75 and copies <= 0.5, counts
 
 
+def test_compiled_steps_keep_no_tensor_made_inside_the_graph():
+    """Under CUDA graphs a tensor made inside the compiled graph and kept across calls is
+    overwritten by the next replay: the position-bias buckets are not cached there."""
+    model = diffusion()
+    unet = model.denoise_fn
+    x, t, cond = inputs()
+    with torch.no_grad():
+        eager = unet.forward_with_cond_scale(x, t, cond, cond_scale=3.0)
+        unet.time_rel_pos_bias._buckets.clear()
+        unet.compile(backend="aot_eager")
+        compiled = unet.forward_with_cond_scale(x, t, cond, cond_scale=3.0)
+    assert unet.time_rel_pos_bias._buckets == {}
+    assert torch.allclose(compiled, eager, rtol=1e-4, atol=1e-5)
+
+
 # ---------------------------------------------------------------- on CUDA
 
 

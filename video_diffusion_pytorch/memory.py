@@ -1,8 +1,8 @@
 """How much memory a training step needs, estimated before any work.
 
-The model is rebuilt from its description on PyTorch's "meta" device (shapes without
-storage, so nothing is computed or allocated) and one training loss is taken on a meta
-batch; the tensors autograd saves for the backward pass are what a step holds at its
+A copy of the model is moved to PyTorch's "meta" device (shapes without storage, so
+nothing is computed or allocated) and one training loss is taken on a meta batch; the
+tensors autograd saves for the backward pass are what a step holds at its
 peak. Views are counted once, through their base tensor. Added to that: the weights,
 their gradients, Adam's two moments and the EMA copy. On the CPU the estimate came
 within about 40% of the resident memory a step adds.
@@ -10,23 +10,23 @@ within about 40% of the resident memory a step adds.
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
 
 from .denoiser import DenoiserSpec
-from .hub import build_model, describe_model
 
 # weights, gradients, Adam's two moments and the EMA copy
 PARAMETER_COPIES = 5
 
 
 def training_step_memory(diffusion: nn.Module, batch_size: int, frames: int | None = None) -> int:
-    """Bytes a training step of `diffusion` (a described model) needs for `batch_size`
+    """Bytes a training step of `diffusion` (a GaussianDiffusion) needs for `batch_size`
     videos of `frames` frames (default: the model's; more with the images of joint
     training appended, counted in proportion): activations saved for the backward
     pass, plus the weights and what the optimizer and EMA keep of them."""
-    with torch.device("meta"):
-        model = build_model(describe_model(diffusion))
+    model = copy.deepcopy(diffusion).to("meta")  # a copy for a moment: weights are small beside activations
     videos = torch.rand(batch_size, model.channels, model.num_frames, model.image_size, model.image_size, device="meta")
     cond_dim = DenoiserSpec.of(model.denoise_fn).cond_dim  # text models take their embeddings
     cond = torch.rand(batch_size, cond_dim, device="meta") if cond_dim is not None else None

@@ -82,3 +82,85 @@ def test_a_missing_milestone_is_one_error(tmp_path):
         trainer.load()
     with pytest.raises(FileNotFoundError, match=r"no checkpoint at .*model-7\.pt"):
         trainer.load(7)
+
+
+def test_a_checkpoint_of_another_width_does_not_fit_the_trainer(tmp_path):
+    make_trainer(tmp_path, train_num_steps=1, save_and_sample_every=1).train()
+    wider = Unet3D(dim=16, dim_mults=(1, 2), attn_heads=2, attn_dim_head=8)
+    other = make_trainer(tmp_path, GaussianDiffusion(wider, image_size=8, num_frames=3, timesteps=10))
+    with pytest.raises(ValueError, match=r"model-1\.pt does not fit this model: \d+ tensors differ in shape, "
+                                         r"e\.g\. denoise_fn\.init_conv\.weight is \(8, 3, 1, 7, 7\) in the file "
+                                         r"but \(16, 3, 1, 7, 7\) in the model$"):  # fmt: skip
+        other.load()
+
+
+# ---------------------------------------------------------------- model folders (save_pretrained)
+
+
+@pytest.fixture
+def saved(tmp_path):
+    folder = tmp_path / "model"
+    make_diffusion().save_pretrained(folder)
+    return folder
+
+
+def edit_config(folder, change):
+    description = json.loads((folder / "config.json").read_text())
+    change(description)
+    (folder / "config.json").write_text(json.dumps(description))
+
+
+def test_a_folder_of_a_newer_format_refuses_to_load(saved):
+    edit_config(saved, lambda d: d.update(format_version=2, library_version="9.0.0"))
+    with pytest.raises(ValueError, match=r"config\.json has format_version 2, written by video-diffusion-pytorch 9\.0\.0; "
+                                         r"this version \(.*\) reads format 1 and older: upgrade the package"):  # fmt: skip
+        GaussianDiffusion.from_pretrained(saved)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda d: d["config"].update(timesteps=10.5), r"cannot build GaussianDiffusion from its config: timesteps must be an integer, at least 1, got 10\.5 \(float\)"),
+        (lambda d: d["config"].update(num_frames=-3), r"cannot build GaussianDiffusion from its config: num_frames must be at least 1, got -3"),
+        (lambda d: d["denoise_fn"]["config"].update(attn_heads=0), r"cannot build Unet3D from its config: attn_heads must be at least 1, got 0"),
+        (lambda d: d.update(config=[1, 2]), r"'config' must be an object of constructor arguments, got a list"),
+        (lambda d: d.update(format_version="1"), r"has format_version '1'"),
+    ],
+    ids=["float-timesteps", "negative-frames", "zero-heads", "config-list", "format-string"],
+)
+def test_a_tampered_config_is_one_error_naming_the_file(saved, change, message):
+    edit_config(saved, change)
+    with pytest.raises(ValueError, match=r"config\.json.*" + message):
+        GaussianDiffusion.from_pretrained(saved)
+
+
+def test_a_config_that_is_a_json_list_is_one_error(saved):
+    (saved / "config.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match=r"config\.json must hold a JSON object \(a model description\), got a list"):
+        GaussianDiffusion.from_pretrained(saved)
+
+
+def test_a_config_that_is_not_json_is_one_error(saved):
+    (saved / "config.json").write_bytes(b"\xff\xfe not json")
+    with pytest.raises(ValueError, match=r"config\.json is not valid JSON"):
+        GaussianDiffusion.from_pretrained(saved)
+
+
+@pytest.mark.parametrize("damage", ["garbage", "empty", "half"])
+def test_damaged_weights_are_one_error(saved, damage):
+    weights = saved / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes({"garbage": b"garbage" * 9, "empty": b"", "half": data[: len(data) // 2]}[damage])
+    with pytest.raises(ValueError, match=r"model\.safetensors is not a readable safetensors file, perhaps cut short or damaged"):
+        GaussianDiffusion.from_pretrained(saved)
+
+
+def test_weights_of_another_width_are_one_error(saved, tmp_path):
+    wider = GaussianDiffusion(Unet3D(dim=16, dim_mults=(1, 2), attn_heads=2, attn_dim_head=8), image_size=8,
+                              num_frames=3, timesteps=10)  # fmt: skip
+    wider.save_pretrained(tmp_path / "wider")
+    shutil.copy(tmp_path / "wider" / "model.safetensors", saved / "model.safetensors")
+    with pytest.raises(ValueError, match=r"model\.safetensors does not fit the model that config\.json describes: "
+                                         r"\d+ tensors differ in shape, e\.g\. denoise_fn\.init_conv\.weight is "
+                                         r"\(16, 3, 1, 7, 7\) in the file but \(8, 3, 1, 7, 7\) in the model"):  # fmt: skip
+        GaussianDiffusion.from_pretrained(saved)

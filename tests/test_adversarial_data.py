@@ -4,7 +4,11 @@ Each case asserts the exact outcome: what is read back, what is left out (and na
 one warning), or which error names what was expected and what came.
 """
 
+import os
+import subprocess
+import sys
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -280,9 +284,9 @@ def test_a_folder_without_clips_is_one_error_listing_the_formats(tmp_path, layou
 @pytest.mark.parametrize(
     "kwargs, error, message",
     [
-        (dict(image_size=8.5), TypeError, r"image_size must be an integer >= 1, got 8\.5 \(float\)"),
-        (dict(image_size=0), ValueError, r"image_size must be an integer >= 1, got 0"),
-        (dict(image_size=8, num_frames="4"), TypeError, r"num_frames must be an integer >= 1, got '4' \(str\)"),
+        (dict(image_size=8.5), TypeError, r"image_size must be an integer, at least 1, got 8\.5 \(float\)"),
+        (dict(image_size=0), ValueError, r"image_size must be at least 1, got 0"),
+        (dict(image_size=8, num_frames="4"), TypeError, r"num_frames must be an integer, at least 1, got '4' \(str\)"),
         (dict(image_size=8, channels=True), ValueError, r"channels must be one of \[1, 3, 4\], got True"),
     ],
 )
@@ -295,8 +299,8 @@ def test_bad_dataset_arguments_name_the_argument(tmp_path, kwargs, error, messag
 @pytest.mark.parametrize(
     "kwargs, error, message",
     [
-        (dict(num_clips=-1), ValueError, r"num_clips must be an integer >= 0, got -1"),
-        (dict(num_clips=2, num_frames=0), ValueError, r"num_frames must be an integer >= 1, got 0"),
+        (dict(num_clips=-1), ValueError, r"num_clips must be at least 0, got -1"),
+        (dict(num_clips=2, num_frames=0), ValueError, r"num_frames must be at least 1, got 0"),
         (dict(num_clips=2, shape_size=float("nan")), ValueError, r"shape_size must be a finite number in \[0, 1\], got nan"),
     ],
 )
@@ -319,3 +323,19 @@ def test_a_clip_with_nan_is_not_written_as_black_frames(tmp_path):
         with pytest.raises(ValueError, match="the clip to write holds 1 NaN or infinite value among 3840"):
             write_video(clip, tmp_path / name)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_loading_bert_leaves_torch_device_contexts_working(tiny_bert_path):
+    """transformers swaps torch.linspace while it builds BERT; loading it first in a fresh
+    process must not stop `with torch.device(...)` from placing torch.linspace afterwards."""
+    code = (
+        "import torch\n"
+        "from video_diffusion_pytorch.text import get_bert\n"
+        "get_bert()\n"
+        "with torch.device('meta'):\n"
+        "    print(torch.linspace(0, 1, 3).device)\n"
+    )
+    env = {**os.environ, "VIDEO_DIFFUSION_BERT_MODEL": str(tiny_bert_path), "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "meta"

@@ -23,9 +23,9 @@ def check_int(name: str, value: Any, minimum: int = 1) -> int:
     """`value` when it is an integer of at least `minimum`: else a TypeError (a float, a
     string, a bool) or a ValueError naming `name`, what was expected and what came."""
     if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an integer >= {minimum}, got {value!r} ({type(value).__name__})")
+        raise TypeError(f"{name} must be an integer, at least {minimum}, got {value!r} ({type(value).__name__})")
     if value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value}")
+        raise ValueError(f"{name} must be at least {minimum}, got {value}")
     return value
 
 
@@ -35,7 +35,8 @@ def check_number(name: str, value: Any, *, low: float = -math.inf, high: float =
     if isinstance(value, bool) or not isinstance(value, Real):
         raise TypeError(f"{name} must be a number, got {value!r} ({type(value).__name__})")
     if not (math.isfinite(value) and low <= value <= high):
-        raise ValueError(f"{name} must be a finite number in [{low}, {high}], got {value}")
+        bounds = f" in [{low}, {high}]" if math.isfinite(low) or math.isfinite(high) else ""
+        raise ValueError(f"{name} must be a finite number{bounds}, got {value}")
     return float(value)
 
 
@@ -48,7 +49,22 @@ def check_finite(tensor: Tensor, name: str) -> None:
         return
     bad = int((~torch.isfinite(tensor)).sum())
     if bad:
-        raise ValueError(f"{name} holds {bad} NaN or infinite value{'s' if bad > 1 else ''} among {tensor.numel()}")
+        raise ValueError(f"{name} holds {bad} NaN or infinite value{'s' if bad > 1 else ''} among {tensor.numel()}; expected finite values")
+
+
+def check_videos(videos: Any, expected: tuple, name: str = "videos") -> None:
+    """Videos that a model takes: a tensor of the `expected` shape (entries that are not
+    ints, such as 'b', match any size), a batch of at least one, values as in
+    `check_video_values`; a TypeError or ValueError naming what came."""
+    if not isinstance(videos, Tensor):
+        raise TypeError(f"{name} must be a tensor of shape {expected}, got {type(videos).__name__}")
+    if videos.ndim != len(expected) or any(isinstance(e, int) and e != n for e, n in zip(expected, videos.shape)):
+        raise ValueError(
+            f"expected {name} of shape {expected} (batch, channels, frames, height, width), got {tuple(videos.shape)}"
+        )
+    if videos.shape[0] == 0:
+        raise ValueError(f"{name} must hold at least one video, got a batch of 0 {tuple(videos.shape)}")
+    check_video_values(videos, name)
 
 
 def check_video_values(videos: Tensor, name: str = "videos") -> None:

@@ -21,6 +21,8 @@ from typing import Any, Literal
 
 from torch import Tensor, nn
 
+from .checks import check_number
+
 ConditionKind = Literal["none", "text", "vector"]
 Source = Literal["cond", "dataset", "cli"]
 
@@ -95,6 +97,7 @@ class DenoiserSpec:
             source: where the conditions come from, for the message: 'cond' (a Python
                 call), 'dataset' or 'cli'.
         """
+        check_number("cond_scale", cond_scale)
         if cond_scale != 1 and not self.conditional:
             raise ConditioningError(
                 f"cond_scale={cond_scale} asks for classifier-free guidance, but the denoiser is "

@@ -14,9 +14,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .checks import check_finite, check_int, check_videos
 from .conditioning import FrameCondition, frame_condition
 from .denoiser import DenoiserSpec, condition_kind
 from .generation import (
+    DEFAULT_SAMPLE_BATCH,
     GenerationOptions,
     check_context_frames,
     conditioned_denoiser,
@@ -24,6 +26,7 @@ from .generation import (
     fill_frames,
     interpolate_latents,
     interpolation_layout,
+    sample_batch_size,
 )
 from .helpers import default, exists, extract, normalize_to_neg_one_to_one, unnormalize_to_zero_to_one
 from .pretrained import PretrainedMixin, records_config
@@ -89,6 +92,8 @@ class GaussianDiffusion(PretrainedMixin, GaussianProcess):
         sampler: str | None = None,
         sampling_spacing: str | None = None,
     ):
+        check_int("image_size", image_size)
+        check_int("num_frames", num_frames)
         spec = DenoiserSpec.of(denoise_fn)
         if spec.channels != channels:
             raise ValueError(f"denoise_fn takes {spec.channels} channels but channels={channels}")
@@ -144,14 +149,7 @@ class GaussianDiffusion(PretrainedMixin, GaussianProcess):
         return (batch, self.channels, default(frames, self.num_frames), self.image_size, self.image_size)
 
     def _check_videos(self, videos: Any, name: str = "videos", frames: int | str | None = None) -> None:
-        expected = self._video_shape(frames=frames)
-        if not isinstance(videos, Tensor):
-            raise TypeError(f"{name} must be a tensor of shape {expected}, got {type(videos).__name__}")
-        if videos.ndim != 5 or any(isinstance(e, int) and e != n for e, n in zip(expected[1:], videos.shape[1:])):
-            raise ValueError(
-                f"expected {name} of shape {expected} (batch, channels, frames, height, width), "
-                f"got {tuple(videos.shape)}"
-            )
+        check_videos(videos, self._video_shape(frames=frames), name)
 
     def _embed_cond(self, cond: Any, device: torch.device) -> Tensor | None:
         """Turn text (a string or a list of strings) into BERT embeddings `(b, cond_dim)`."""
@@ -172,6 +170,8 @@ class GaussianDiffusion(PretrainedMixin, GaussianProcess):
         rows = None if kind == "none" else (1 if isinstance(cond, str) else len(cond))
         shape = tuple(cond.shape) if kind == "vector" else (rows,)
         self.spec.check_condition(kind, shape=shape, rows=batch, cond_scale=cond_scale)
+        if kind == "vector":
+            check_finite(cond, "cond")
         return self._embed_cond(cond, self.device), default(rows, batch)
 
     # ------------------------------------------------------------ sampling
@@ -215,7 +215,7 @@ class GaussianDiffusion(PretrainedMixin, GaussianProcess):
         self,
         cond: Tensor | list[str] | None = None,
         cond_scale: float = 1.0,
-        batch_size: int = 16,
+        batch_size: int = DEFAULT_SAMPLE_BATCH,
         *,
         known: Tensor | None = None,
         known_mask: Tensor | None = None,
@@ -226,7 +226,8 @@ class GaussianDiffusion(PretrainedMixin, GaussianProcess):
         Args:
             cond, cond_scale: conditioning and guidance (`GenerationOptions`); `cond` sets the
                 batch size when given.
-            batch_size: number of videos for an unconditional model without `known`.
+            batch_size: number of videos for an unconditional model without `known`; with
+                either, left out or equal to their batch.
             known: videos in [0, 1] holding the values to keep (Ho et al. 2022, §3.1); sets
                 the batch size. The returned videos hold them exactly where `known_mask` is True.
             known_mask: bool, True where `known` holds a value to keep: whole frames as
@@ -240,7 +241,7 @@ class GaussianDiffusion(PretrainedMixin, GaussianProcess):
         cond, batch = self._prepare_cond(cond, cond_scale, batch)
         condition = self._frame_condition(known, known_mask, options, self.num_frames) if exists(known) else None
         return self.p_sample_loop(
-            self._video_shape(default(batch, batch_size)), cond=cond, cond_scale=cond_scale,
+            self._video_shape(sample_batch_size(batch, batch_size)), cond=cond, cond_scale=cond_scale,
             condition=condition, generator=options.generator, progress=options.progress,
         )  # fmt: skip
 
@@ -401,9 +402,11 @@ class GaussianDiffusion(PretrainedMixin, GaussianProcess):
         image_size)` at uniformly drawn steps. Keywords (`cond`, `null_cond_prob`,
         `prob_focus_present`, `focus_present_mask`) reach `p_losses` and the denoiser.
         With `independent_frames` (joint image-video training, Ho et al. 2022, §3) the
-        videos may carry image frames beyond `num_frames`; the denoiser checks the mask."""
-        if kwargs.get("independent_frames") is None:
-            self._check_videos(videos)
+        videos may carry image frames beyond `num_frames`; the denoiser checks the mask. The
+        values of videos (in [0, 1]) and cond (finite) are checked on the CPU only (`checks`)."""
+        self._check_videos(videos, frames=None if kwargs.get("independent_frames") is None else "f")
+        if isinstance(cond := args[0] if args else kwargs.get("cond"), Tensor):
+            check_finite(cond, "cond")
         b = videos.shape[0]
         t = torch.randint(0, self.num_timesteps, (b,), device=videos.device).long()
         return self.p_losses(normalize_to_neg_one_to_one(videos), t, *args, **kwargs)

@@ -18,6 +18,7 @@ import torch
 from einops import rearrange
 from torch import Tensor
 
+from .checks import check_int
 from .conditioning import DEFAULT_RECONSTRUCTION_WEIGHT, FrameCondition, plan_windows
 from .helpers import default, exists, normalize_to_neg_one_to_one, randn, unnormalize_to_zero_to_one
 from .samplers import Denoiser, Posterior, sample_ancestral
@@ -48,6 +49,23 @@ class GenerationOptions:
     w_r: float = DEFAULT_RECONSTRUCTION_WEIGHT
     generator: torch.Generator | None = None
     progress: bool = True
+
+
+DEFAULT_SAMPLE_BATCH = 16  # `GaussianDiffusion.sample`'s batch_size: a batch set by cond or known overrides it
+
+
+def sample_batch_size(given: int | None, batch_size: int) -> int:
+    """The number of videos `sample` draws: the batch of cond or known when given (a
+    batch_size left at its default then yields to it; another must agree), else batch_size."""
+    check_int("batch_size", batch_size)
+    if given is None:
+        return batch_size
+    if batch_size not in (given, DEFAULT_SAMPLE_BATCH):
+        raise ValueError(
+            f"batch_size={batch_size} disagrees with the batch of {given} that cond or known sets: "
+            "leave batch_size out, or give it the same number"
+        )
+    return check_int("the batch of cond or known", given)
 
 
 def conditioned_denoiser(

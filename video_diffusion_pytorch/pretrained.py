@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from .files import atomic_path, atomic_write_text, remove_temporary_files
 from .version import __version__
@@ -105,10 +105,43 @@ def read_description(folder: Path) -> dict[str, Any]:
     for name in (CONFIG_NAME, WEIGHTS_NAME):
         if not (folder / name).is_file():
             raise FileNotFoundError(f"{folder} has no {name}: it is not a folder written by save_pretrained")
+    config = folder / CONFIG_NAME
     try:
-        return json.loads((folder / CONFIG_NAME).read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{folder / CONFIG_NAME} is not valid JSON: {error}") from error
+        description = json.loads(config.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{config} is not valid JSON: {error}") from error
+    if not isinstance(description, dict):
+        raise ValueError(f"{config} must hold a JSON object (a model description), got a {type(description).__name__}")
+    if not isinstance(description.get("config"), dict):
+        found = type(description.get("config")).__name__
+        raise ValueError(f"{config}: 'config' must be an object of constructor arguments, got a {found}")
+    version = description.get("format_version", DESCRIPTION_VERSION)
+    if isinstance(version, bool) or not isinstance(version, int) or version > DESCRIPTION_VERSION:
+        raise ValueError(
+            f"{config} has format_version {version!r}, written by video-diffusion-pytorch "
+            f"{description.get('library_version', '(unknown)')}; this version ({__version__}) reads format "
+            f"{DESCRIPTION_VERSION} and older: upgrade the package to load it"
+        )
+    return description
+
+
+def weights_mismatch(model: nn.Module, state: dict[str, Tensor]) -> str:
+    """Why the weights `state` do not fit `model`, in a line: tensors of other shapes,
+    then names that only one of them has (the first of each, and how many)."""
+    expected = model.state_dict()
+    reasons = []
+    shapes = [name for name in expected if name in state and expected[name].shape != state[name].shape]
+    if shapes:
+        name = shapes[0]
+        reasons.append(
+            f"{len(shapes)} tensors differ in shape, e.g. {name} is {tuple(state[name].shape)} in the file "
+            f"but {tuple(expected[name].shape)} in the model"
+        )
+    for names, what in (([n for n in expected if n not in state], "missing from the file"),
+                        ([n for n in state if n not in expected], "unknown to the model")):  # fmt: skip
+        if names:
+            reasons.append(f"{len(names)} tensors {what}, e.g. {names[0]}")
+    return "; ".join(reasons) or "the file's tensors do not fit the model"
 
 
 class PretrainedMixin:
@@ -138,12 +171,11 @@ class PretrainedMixin:
         if missing:
             raise ValueError(f"a {cls.__name__} description needs the descriptions of {', '.join(missing)}")
         modules = {name: module_class.from_description(description[name]) for name, module_class in cls.module_classes.items()}
-        config = description["config"]
         try:
-            return cls(**modules, **config)
-        except TypeError as error:
-            # a config written by another version of the library, with arguments this one lacks
-            raise ValueError(f"cannot build {cls.__name__} from its config {config}: {error}") from error
+            return cls(**modules, **description["config"])
+        except (TypeError, ValueError) as error:
+            # arguments this version lacks (a config of another version), or values it refuses
+            raise ValueError(f"cannot build {cls.__name__} from its config: {error}") from error
 
     def save_pretrained(self, folder: str | os.PathLike) -> Path:
         """Write `config.json` and `model.safetensors` into `folder` (created if needed).
@@ -183,6 +215,16 @@ class PretrainedMixin:
         description = read_description(folder)
         if description.get("class") != cls.__name__:
             raise ValueError(f"{folder} holds a {description.get('class')}, not a {cls.__name__}")
-        model = cls.from_description(description)
-        safetensors.torch.load_model(model, folder / WEIGHTS_NAME, strict=True)
+        try:
+            model = cls.from_description(description)
+        except ValueError as error:
+            raise ValueError(f"{folder / CONFIG_NAME}: {error}") from error
+        weights = folder / WEIGHTS_NAME
+        try:
+            safetensors.torch.load_model(model, weights, strict=True)
+        except RuntimeError as error:  # names or shapes that differ from the config's model
+            reason = weights_mismatch(model, safetensors.torch.load_file(weights))
+            raise ValueError(f"{weights} does not fit the model that {CONFIG_NAME} describes: {reason}") from error
+        except (safetensors.SafetensorError, OSError) as error:
+            raise ValueError(f"{weights} is not a readable safetensors file, perhaps cut short or damaged ({error})") from error
         return model.to(device)

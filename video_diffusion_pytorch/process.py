@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from einops import rearrange, reduce
 from torch import Tensor, nn
 
+from .checks import check_int
 from .helpers import default, extract
 from .schedules import BETA_SCHEDULES
 
@@ -56,8 +57,7 @@ class GaussianProcess(nn.Module):
         dynamic_thres_percentile: float = 0.9,
     ):
         super().__init__()
-        if timesteps < 1:
-            raise ValueError(f"timesteps must be at least 1, got {timesteps}")
+        check_int("timesteps", timesteps)
         if beta_schedule not in BETA_SCHEDULES:
             raise ValueError(f"beta_schedule must be one of {tuple(BETA_SCHEDULES)}, got {beta_schedule!r}")
         if objective not in OBJECTIVES:

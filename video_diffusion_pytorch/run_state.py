@@ -15,6 +15,7 @@ import torch
 
 from .checkpoint import FORMAT_VERSION, restore_rng_state
 from .hub import describe_model
+from .pretrained import weights_mismatch
 from .run_settings import FIXED_SETTINGS, check_settings, jsonable_settings, merge_settings
 
 logger = logging.getLogger(__name__)
@@ -47,7 +48,7 @@ def restore_run(trainer: Any, checkpoint: dict[str, Any], *, keep: set[str], str
         trainer.model.load_state_dict(checkpoint["model"], strict=strict)
         trainer.ema_model.load_state_dict(checkpoint["ema"], strict=strict)
     except RuntimeError as error:
-        raise ValueError(f"{source} does not fit this model: {error}") from error
+        raise ValueError(f"{source} does not fit this model: {weights_mismatch(trainer.model, checkpoint['model'])}") from error
     trainer.step = int(checkpoint["step"])
     if checkpoint["scaler"] and trainer.scaler.is_enabled():
         trainer.scaler.load_state_dict(checkpoint["scaler"])

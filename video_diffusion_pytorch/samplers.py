@@ -41,8 +41,10 @@ def resolve_sampler(
     DDIM's eta. Unnamed, the sampler is ancestral over all T steps; over fewer steps it is
     `FAST_SAMPLER` (with `FAST_SPACING` unless `spacing` is given), or DDIM when its eta is
     given (as models saved before the fast default record it)."""
-    if not 1 <= steps <= timesteps:
-        raise ValueError(f"sampling_timesteps must be in [1, timesteps={timesteps}], got {steps}")
+    integer = isinstance(steps, int) and not isinstance(steps, bool)
+    if not (integer and 1 <= steps <= timesteps):
+        kind = "" if integer else f" ({type(steps).__name__}, not an integer)"
+        raise ValueError(f"sampling_timesteps must be in [1, timesteps={timesteps}], got {steps!r}{kind}")
     if eta is not None and not 0 <= eta <= 1:
         raise ValueError(f"ddim_sampling_eta must be in [0, 1], got {eta}")
     if spacing is not None and spacing not in SPACINGS:

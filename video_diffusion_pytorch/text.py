@@ -62,6 +62,12 @@ def _unavailable(name: str, reason: str) -> BertUnavailableError:
 
 
 def _from_pretrained(loader, name: str):
+    # transformers replaces torch.linspace by a wrapper while it builds a model; torch
+    # fills its table of the factories that `with torch.device(...)` places on first
+    # use, and if that happens inside, the table keeps the wrapper and the context stops
+    # placing torch.linspace for the rest of the process. Filling it first prevents that.
+    with torch.device("cpu"):
+        torch.empty(0)
     if Path(name).expanduser().exists():
         try:
             return loader.from_pretrained(str(Path(name).expanduser()))

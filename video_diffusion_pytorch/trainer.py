@@ -28,6 +28,7 @@ from torch.optim import Adam
 from tqdm.auto import tqdm
 
 from .accelerated import autocast_dtype, build_accelerator, seed_processes
+from .checks import check_number
 from .checkpoint import capture_rng_state, checkpoint_path, list_milestones, load_checkpoint, resolve_milestone, save_checkpoint
 from .compilation import compile_denoiser
 from .denoiser import DenoiserSpec
@@ -205,7 +206,8 @@ class Trainer:
             embed_text = bert_embedder(return_cls_repr=diffusion.text_use_bert_cls, model=diffusion.bert_model, device=self.device)
         return TrainingData(
             folder, video_shape=(diffusion.channels, diffusion.num_frames, self.image_size), spec=spec,
-            embed_text=embed_text, seed=seed, cond_drop_prob=self.cond_drop_prob, num_samples=self.num_sample_rows**2,
+            embed_text=embed_text, seed=seed, cond_drop_prob=self.cond_drop_prob, cond_scale=self.sample_cond_scale,
+            num_samples=self.num_sample_rows**2,
             horizontal_flip=self.horizontal_flip, short_clips=self.short_clips, image_folder=image_folder,
             num_images_per_clip=self.num_images_per_clip, validation_clips=self.validation_clips,
             progress=self.progress and self.is_main,
@@ -288,6 +290,7 @@ class Trainer:
         """
         if not callable(log_fn):
             raise TypeError(f"log_fn must be callable, got {type(log_fn).__name__}")
+        check_number("prob_focus_present", prob_focus_present, low=0, high=1)  # before any step
         focus = dict(prob_focus_present=prob_focus_present, focus_present_mask=focus_present_mask)
         if exists(focus_present_mask):
             focus["focus_present_mask"] = focus_present_mask.to(self.device)

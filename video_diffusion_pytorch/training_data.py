@@ -69,6 +69,7 @@ class TrainingData:
         embed_text: captions -> embeddings, for text-conditioned models.
         seed: the seed of the data order, the same in every process.
         cond_drop_prob: the caption dropout the model will be trained with (checked here).
+        cond_scale: the guidance scale of the milestone samples (checked here).
         num_samples: how many conditions `sample_conditions` must provide.
         horizontal_flip, short_clips: `VideoDataset` options (folders only).
         image_folder, num_images_per_clip: joint image-video training.
@@ -86,6 +87,7 @@ class TrainingData:
         embed_text: Callable[[list[str]], Tensor] | None,
         seed: int,
         cond_drop_prob: float = 0.0,
+        cond_scale: float = 1.0,
         num_samples: int = 1,
         horizontal_flip: bool = False,
         short_clips: str = "pad",
@@ -106,7 +108,9 @@ class TrainingData:
         check_video_values(video, "the training data's first video")  # fail at once, not at the first batch
         self.condition_kind = condition_kind(condition)
         shape = tuple(condition.shape) if self.condition_kind == "vector" else None
-        spec.check_condition(self.condition_kind, shape=shape, cond_drop_prob=cond_drop_prob, source="dataset")
+        spec.check_condition(
+            self.condition_kind, shape=shape, cond_drop_prob=cond_drop_prob, cond_scale=cond_scale, source="dataset"
+        )  # fmt: skip
         self._split(validation_clips)
 
         self.caption_embeddings = None

@@ -21,12 +21,13 @@ from .attention import (
     compute_dtype,
     rotary_tables,
 )
+from .checks import check_number
 from .denoiser import DenoiserSpec
 from .helpers import default, exists, prob_mask_like
 from .nn import Downsample, FrameConv3d, PreNorm, Residual, ResnetBlock, SinusoidalPosEmb, Upsample
 from .pretrained import PretrainedMixin, records_config
 from .text import BERT_MODEL_DIM
-from .unet_inputs import batch_of_steps, check_inputs, input_signature
+from .unet_inputs import batch_of_steps, check_arguments, check_inputs, input_signature
 
 # classifier-free guidance runs its conditional and null forwards as one forward of the
 # doubled batch when the batch holds at most this many voxels (b * f * h * w): on CPU,
@@ -107,7 +108,10 @@ class Unet3D(PretrainedMixin, nn.Module):
         gradient_checkpointing: bool = False,
     ):
         super().__init__()
-        _check_arguments(block_type=block_type, init_kernel_size=init_kernel_size, dim_mults=dim_mults)
+        check_arguments(
+            dim=dim, cond_dim=cond_dim, out_dim=out_dim, dim_mults=dim_mults, channels=channels, attn_heads=attn_heads,
+            attn_dim_head=attn_dim_head, init_dim=init_dim, init_kernel_size=init_kernel_size, block_type=block_type,
+        )  # fmt: skip
         self.channels = channels
         self.use_bert_text_cond = use_bert_text_cond
         self.gradient_checkpointing = gradient_checkpointing
@@ -376,16 +380,6 @@ class Unet3D(PretrainedMixin, nn.Module):
         return run(self.final_conv, x).contiguous()
 
 
-def _check_arguments(*, block_type: str, init_kernel_size: int, dim_mults: tuple[int, ...]) -> None:
-    """Raise a ValueError for constructor arguments that build no working U-net."""
-    if block_type != "resnet":
-        raise ValueError(f"block_type must be 'resnet', got {block_type!r}")
-    if init_kernel_size % 2 != 1:
-        raise ValueError(f"init_kernel_size must be odd, got {init_kernel_size}")
-    if len(dim_mults) == 0:
-        raise ValueError("dim_mults must name at least one level")
-
-
 def _call(module: nn.Module, *args: Any, **kwargs: Any) -> Tensor:
     return module(*args, **kwargs)
 
@@ -393,6 +387,6 @@ def _call(module: nn.Module, *args: Any, **kwargs: Any) -> Tensor:
 def _draw_focus(batch: int, mask: Tensor | None, prob: float, device: torch.device) -> Tensor | None:
     """The focus mask `(b,)`: the given one, else drawn with probability `prob` (no draw,
     None, at 0)."""
-    if exists(mask) or prob == 0:
+    if exists(mask) or check_number("prob_focus_present", prob, low=0, high=1) == 0:
         return mask
     return prob_mask_like((batch,), prob, device=device)

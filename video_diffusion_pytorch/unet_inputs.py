@@ -1,5 +1,6 @@
-"""The U-net's input checks: shapes only, never values (reading values would make the host
-wait for the GPU), with one message naming what was expected and what came."""
+"""The U-net's checks: its constructor arguments, and its inputs by shape only, never by
+value (reading values would make the host wait for the GPU), each with one message naming
+what was expected and what came."""
 
 from __future__ import annotations
 
@@ -8,8 +9,38 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .checks import check_int
 from .denoiser import DenoiserSpec, condition_kind
 from .helpers import exists
+
+
+def check_arguments(
+    *,
+    dim: int,
+    cond_dim: int | None,
+    out_dim: int | None,
+    dim_mults: tuple[int, ...],
+    channels: int,
+    attn_heads: int,
+    attn_dim_head: int,
+    init_dim: int | None,
+    init_kernel_size: int,
+    block_type: str,
+) -> None:
+    """Raise a TypeError or ValueError for constructor arguments that build no working U-net."""
+    sizes = dict(dim=dim, channels=channels, attn_heads=attn_heads, attn_dim_head=attn_dim_head,
+                 init_kernel_size=init_kernel_size, cond_dim=cond_dim, out_dim=out_dim, init_dim=init_dim)  # fmt: skip
+    for name, value in sizes.items():
+        if value is not None:  # cond_dim, out_dim and init_dim are optional
+            check_int(name, value)
+    if block_type != "resnet":
+        raise ValueError(f"block_type must be 'resnet', got {block_type!r}")
+    if init_kernel_size % 2 != 1:
+        raise ValueError(f"init_kernel_size must be odd, got {init_kernel_size}")
+    if not isinstance(dim_mults, (tuple, list)) or len(dim_mults) == 0:
+        raise ValueError(f"dim_mults must name at least one level, a tuple of positive integers, got {dim_mults!r}")
+    for index, mult in enumerate(dim_mults):
+        check_int(f"dim_mults[{index}]", mult)
 
 
 def batch_of_steps(x: Any, time: Tensor | float) -> Tensor:

@@ -36,8 +36,8 @@ def run_sample(args: argparse.Namespace) -> int:
     check_out(Path(args.out))
     diffusion, prompts = load_for_generation(args, args.checkpoint)
     known = known_mask = None
+    batch = len(prompts) if prompts else args.num
     if args.first_frames:
-        batch = len(prompts) if prompts else args.num
         clip = _read_clip(args.first_frames, diffusion, batch)
         given = min(clip.shape[2], diffusion.num_frames - 1)  # at least one frame is generated
         known = torch.zeros(*clip.shape[:2], diffusion.num_frames, *clip.shape[3:])
@@ -45,7 +45,7 @@ def run_sample(args: argparse.Namespace) -> int:
         known_mask = (torch.arange(diffusion.num_frames) < given).view(1, 1, -1, 1, 1)  # (1, 1, f, 1, 1) whole frames
         print(f"the first {given} frames of every video are those of {args.first_frames}")
     videos = diffusion.sample(
-        cond=prompts, cond_scale=args.cond_scale, batch_size=args.num, known=known, known_mask=known_mask,
+        cond=prompts, cond_scale=args.cond_scale, batch_size=batch, known=known, known_mask=known_mask,
         generator=generator(args, diffusion), progress=not args.no_progress,
     )  # fmt: skip
     _report("samples", write_videos(videos, args), prompts)

@@ -147,3 +147,13 @@ def test_compile_reaches_both_unets_with_a_persistent_cache(tmp_path, monkeypatc
     assert [kwargs for _, kwargs in calls] == [{}, {}] and os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "mine")
     with pytest.raises(TypeError, match="compile must be False, True or a torch.compile mode"):
         make_trainer(tmp_path / "c", compile=3)
+
+
+@pytest.mark.skipif(not os.environ.get("VIDEO_DIFFUSION_SLOW_TESTS"), reason="slow: set VIDEO_DIFFUSION_SLOW_TESTS=1")
+def test_compiled_training_fills_the_inductor_cache(tmp_path, monkeypatch):
+    """A real compile (about ten minutes on a busy 2-core CPU) trains and caches its kernels."""
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    trainer = make_trainer(tmp_path / "results", train_num_steps=2, gradient_accumulate_every=1, compile=True)
+    trainer.train()
+    assert all(torch.isfinite(torch.tensor(trainer.losses)))
+    assert any((tmp_path / "inductor").rglob("*.py"))  # generated kernels, reused by the next run

@@ -104,6 +104,10 @@ def test_values_of_tensors_off_the_cpu_are_not_read():
     check_finite(torch.empty(2, 6, device="meta"), "cond")
     with pytest.raises(TypeError, match="torch.uint8"):
         check_video_values(torch.empty(SHAPE, dtype=torch.uint8, device="meta"))
+    from torch._subclasses.fake_tensor import FakeTensorMode  # as the memory estimate uses
+
+    with FakeTensorMode():
+        check_video_values(torch.rand(SHAPE))  # a fake CPU tensor: shapes only, no values
 
 
 # ---------------------------------------------------------------- conditions and sampling

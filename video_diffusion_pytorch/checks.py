@@ -12,7 +12,7 @@ from numbers import Real
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 RANGE_TOLERANCE = 1e-3  # rounding in a user's transforms may step this far outside [0, 1]
 
@@ -45,7 +45,7 @@ def check_number(name: str, value: Any, *, low: float = -math.inf, high: float =
 
 def check_finite(tensor: Tensor, name: str) -> None:
     """A ValueError when a CPU `tensor` holds NaN or infinite values (others: unchecked)."""
-    if tensor.device.type != "cpu" or not tensor.is_floating_point():
+    if not _readable(tensor) or not tensor.is_floating_point():
         return
     bad = int((~torch.isfinite(tensor)).sum())
     if bad:
@@ -75,11 +75,18 @@ def check_video_values(videos: Tensor, name: str = "videos") -> None:
         hint = ": divide uint8 pixels by 255, videos.float() / 255" if videos.dtype == torch.uint8 else ""
         raise TypeError(f"{name} must be floating point with values in [0, 1], got dtype {videos.dtype}{hint}")
     check_finite(videos, name)
-    if videos.device.type != "cpu" or videos.numel() == 0:
+    if not _readable(videos) or videos.numel() == 0:
         return
     low, high = (float(value) for value in torch.aminmax(videos))
     if low < -RANGE_TOLERANCE or high > 1 + RANGE_TOLERANCE:
         raise ValueError(f"{name} must hold values in [0, 1], got values from {low:.4g} to {high:.4g}{_range_hint(low, high)}")
+
+
+def _readable(tensor: Tensor) -> bool:
+    """Whether reading `tensor`'s values costs no wait: a plain tensor on the CPU. Tensor
+    subclasses are not read: fake tensors (shape-only estimates) hold no values, and
+    distributed ones would communicate."""
+    return tensor.device.type == "cpu" and type(tensor) in (Tensor, nn.Parameter)
 
 
 def _range_hint(low: float, high: float) -> str:

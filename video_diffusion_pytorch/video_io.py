@@ -331,6 +331,13 @@ def _gif_frame(image: Image.Image) -> tuple[Image.Image, dict[str, int]]:
     return indexed, {"transparency": GIF_TRANSPARENT_INDEX, "disposal": 2}
 
 
+def check_fps(fps: float) -> float:
+    """A frame rate to write at: a positive finite number, else a TypeError or ValueError."""
+    if check_number("fps", fps) <= 0:
+        raise ValueError(f"fps must be positive, got {fps!r}")
+    return fps
+
+
 def write_video(tensor: Tensor, path: str | os.PathLike, fps: int = 8) -> None:
     """Write a `(c, f, h, w)` clip in [0, 1] to `path`, atomically, at `fps` frames a second.
 
@@ -340,8 +347,7 @@ def write_video(tensor: Tensor, path: str | os.PathLike, fps: int = 8) -> None:
     or 3-channel clips (grey is stored as RGB); a 4-channel clip is refused there, since
     they keep no alpha.
     """
-    if check_number("fps", fps) <= 0:
-        raise ValueError(f"fps must be positive, got {fps!r}")
+    check_fps(fps)
     suffix = Path(path).suffix.lower()
     if suffix == GIF_EXTENSION:
         video_tensor_to_gif(tensor, path, duration=round(1000 / fps))

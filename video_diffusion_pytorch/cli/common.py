@@ -20,7 +20,7 @@ from ..denoiser import DenoiserSpec
 from ..diffusion import GaussianDiffusion
 from ..results import video_grid
 from ..samplers import FAST_SAMPLER, SAMPLERS, SPACINGS
-from ..video_io import GIF_EXTENSION, VIDEO_EXTENSIONS, import_av
+from ..video_io import GIF_EXTENSION, VIDEO_EXTENSIONS, check_fps, import_av
 
 PROG = "video-diffusion"
 DEFAULT_RESULTS = "./results"
@@ -73,12 +73,30 @@ def add_generation_options(parser: argparse.ArgumentParser, num: int) -> None:
 # ---------------------------------------------------------------- models and videos
 
 
-def check_out(out: Path) -> None:
-    """Fail before any work when the output's format cannot be written."""
+def check_out(out: Path, fps: float) -> None:
+    """Fail before any work when the output's format or frame rate cannot be written."""
+    check_fps(fps)
     if out.suffix.lower() not in (GIF_EXTENSION, *VIDEO_EXTENSIONS):
         raise UsageError(f"--out must end in one of {(GIF_EXTENSION, *VIDEO_EXTENSIONS)}, got {str(out)!r}")
     if out.suffix.lower() != GIF_EXTENSION:
         import_av()  # fails now, with the install command, rather than after sampling
+
+
+def resolve_device(name: str | None) -> torch.device:
+    """--device as a torch device, checked before any work: by default the GPU when there
+    is one, else the CPU; a name torch does not know, or a GPU this machine lacks, is a
+    UsageError."""
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UsageError(f"--device {name!r} is not a device: expected cpu, cuda, cuda:N or mps") from None
+    available = {"cuda": torch.cuda.device_count(), "mps": int(torch.backends.mps.is_available())}
+    if device.type in available and (device.index or 0) >= available[device.type]:
+        found = f"{available[device.type]} {device.type} device(s)" if available[device.type] else f"no {device.type} device"
+        raise UsageError(f"--device {name}: this machine has {found}; use --device cpu")
+    return device
 
 
 def load_for_generation(args: argparse.Namespace, source: str | Path) -> tuple[GaussianDiffusion, list[str] | None]:
@@ -97,7 +115,7 @@ def load_for_generation(args: argparse.Namespace, source: str | Path) -> tuple[G
     if spec.conditional and not spec.text:
         raise UsageError("this model is conditioned on vectors (cond_dim): sample it from Python with cond=...")
     spec.check_condition("text" if args.text else "none", cond_scale=args.cond_scale, source="cli")
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = resolve_device(args.device)
     prompts = [text for text in args.text for _ in range(args.num)] if args.text else None
     return diffusion.to(device).eval(), prompts
 

@@ -14,7 +14,7 @@ from ..checkpoint import list_milestones
 from ..data import VideoDataset
 from ..helpers import num_to_groups
 from ..metrics import METRICS, VideoMetrics
-from .common import HelpFormatter, UsageError, add_generation_options, generator, load_for_generation
+from .common import HelpFormatter, UsageError, add_generation_options, generator, load_for_generation, resolve_device
 
 
 def _is_model(path: Path) -> bool:
@@ -48,6 +48,7 @@ def _samples(args: argparse.Namespace) -> tuple[Tensor, dict]:
 def run_evaluate(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}")
+    device = resolve_device(args.device)
     torch.manual_seed(args.seed)  # which window of each long clip is read
     samples = Path(args.samples)
     shape = dict(image_size=args.image_size, num_frames=args.frames, channels=args.channels)
@@ -58,7 +59,6 @@ def run_evaluate(args: argparse.Namespace) -> int:
     else:
         raise UsageError(f"SAMPLES must be a folder of clips or a trained model, got {args.samples}")
     real = read_videos(args.real, **shape, limit=args.max_real)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     metrics = VideoMetrics(
         real, args.metrics, i3d_weights=args.i3d_weights, inception_weights=args.inception_weights,
         batch_size=args.batch_size, device=device,

@@ -33,7 +33,7 @@ def _report(what: str, written: str, prompts: list[str] | None) -> None:
 
 
 def run_sample(args: argparse.Namespace) -> int:
-    check_out(Path(args.out))
+    check_out(Path(args.out), args.fps)
     diffusion, prompts = load_for_generation(args, args.checkpoint)
     known = known_mask = None
     batch = len(prompts) if prompts else args.num
@@ -53,7 +53,7 @@ def run_sample(args: argparse.Namespace) -> int:
 
 
 def run_extend(args: argparse.Namespace) -> int:
-    check_out(Path(args.out))
+    check_out(Path(args.out), args.fps)
     diffusion, prompts = load_for_generation(args, args.model)
     clip = _read_clip(args.clip, diffusion, len(prompts) if prompts else args.num)
     if args.num_frames <= clip.shape[2]:
@@ -67,7 +67,7 @@ def run_extend(args: argparse.Namespace) -> int:
 
 
 def run_interpolate(args: argparse.Namespace) -> int:
-    check_out(Path(args.out))
+    check_out(Path(args.out), args.fps)
     diffusion, prompts = load_for_generation(args, args.model)
     clip = _read_clip(args.clip, diffusion, len(prompts) if prompts else args.num)
     videos = diffusion.interpolate_frames(

@@ -178,3 +178,28 @@ def test_focus_on_the_present_must_be_a_probability(tmp_path):
 def test_guided_milestone_samples_of_an_unconditional_model_are_refused_at_construction(tmp_path):
     with pytest.raises(ValueError, match=r"cond_scale=3\.0 asks for classifier-free guidance, but the denoiser is unconditional"):
         make_trainer(tmp_path, sample_cond_scale=3.0)
+
+
+# ---------------------------------------------------------------- generation arguments
+
+
+@pytest.mark.parametrize(
+    "call, error, message",
+    [
+        (lambda d, v: d.extend(v[:, :, :2], 4.5, progress=False), TypeError, r"^num_frames must be an integer, at least 1, got 4\.5"),
+        (lambda d, v: d.interpolate(v, v, t=2.5, progress=False), TypeError, r"^t must be an integer, at least 0, got 2\.5"),
+        (lambda d, v: d.interpolate(v, v, t=10, progress=False), ValueError, r"^t must be in \[0, 10\), got 10$"),
+        (lambda d, v: d.interpolate(v, v, lam=math.nan, progress=False), ValueError, r"^lam must be a finite number, got nan$"),
+        (lambda d, v: d.interpolate(v, v[:1], progress=False), ValueError, r"^x1 and x2 must have the same shape"),
+        (lambda d, v: d.interpolate(v * 255, v, progress=False), ValueError, r"^x1 must hold values in \[0, 1\]"),
+        (lambda d, v: d.sample(known=torch.full_like(v, math.nan), known_mask=torch.ones(1, 1, 3, 1, 1, dtype=torch.bool),
+                               progress=False), ValueError, r"^known videos must be in \[0, 1\], got values in \[nan, nan\]"),  # fmt: skip
+        (lambda d, v: d(v, null_cond_prob=7), ValueError, r"^null_cond_prob must be a finite number in \[0, 1\], got 7$"),
+        (lambda d, v: d.denoise_fn(v, "a"), TypeError, r"^time must be a number, got 'a' \(str\)$"),
+    ],
+    ids=["extend-frames", "interpolate-t-float", "interpolate-t-range", "interpolate-lam", "interpolate-shapes",
+         "interpolate-255", "known-nan", "null-cond-prob", "time-str"],  # fmt: skip
+)
+def test_bad_generation_arguments_name_the_argument(unconditional, call, error, message):
+    with pytest.raises(error, match=message):
+        call(unconditional, torch.rand(2, 3, 3, 8, 8))

@@ -116,7 +116,7 @@ def frame_condition(
             f"known_mask must have shape {full} or be broadcastable to it with ones elsewhere, "
             f"e.g. ({full[0]}, 1, {full[2]}, 1, 1); got {tuple(known_mask.shape)}"
         )
-    if known.min() < 0 or known.max() > 1:
+    if not (known.min() >= 0 and known.max() <= 1):  # NaN fails both
         raise ValueError(f"known videos must be in [0, 1], got values in [{known.min():.3g}, {known.max():.3g}]")
     videos = known.to(device)
     mask = known_mask.to(device).expand(full)

@@ -21,6 +21,7 @@ from .generation import (
     DEFAULT_SAMPLE_BATCH,
     GenerationOptions,
     check_context_frames,
+    check_interpolation,
     conditioned_denoiser,
     extension_layout,
     fill_frames,
@@ -125,10 +126,8 @@ class GaussianDiffusion(PretrainedMixin, GaussianProcess):
         self.sampler, self.sampling_spacing = resolve_sampler(sampler, steps, self.num_timesteps, ddim_sampling_eta, sampling_spacing)
         self.sampling_timesteps = steps
         self.ddim_sampling_eta = default(ddim_sampling_eta, 0.0)
-        self.config.update(
-            sampling_timesteps=sampling_timesteps, ddim_sampling_eta=ddim_sampling_eta, sampler=sampler,
-            sampling_spacing=sampling_spacing,
-        )  # fmt: skip
+        self.config.update(sampling_timesteps=sampling_timesteps, ddim_sampling_eta=ddim_sampling_eta, sampler=sampler,
+                           sampling_spacing=sampling_spacing)  # fmt: skip
 
     # ------------------------------------------------------------ the denoiser and its conditions
 
@@ -147,9 +146,6 @@ class GaussianDiffusion(PretrainedMixin, GaussianProcess):
 
     def _video_shape(self, batch: int | str = "b", frames: int | str | None = None) -> tuple:
         return (batch, self.channels, default(frames, self.num_frames), self.image_size, self.image_size)
-
-    def _check_videos(self, videos: Any, name: str = "videos", frames: int | str | None = None) -> None:
-        check_videos(videos, self._video_shape(frames=frames), name)
 
     def _embed_cond(self, cond: Any, device: torch.device) -> Tensor | None:
         """Turn text (a string or a list of strings) into BERT embeddings `(b, cond_dim)`."""
@@ -177,11 +173,7 @@ class GaussianDiffusion(PretrainedMixin, GaussianProcess):
     # ------------------------------------------------------------ sampling
 
     def _denoiser(
-        self,
-        cond: Tensor | None,
-        cond_scale: float,
-        condition: FrameCondition | None = None,
-        generator: torch.Generator | None = None,
+        self, cond: Tensor | None, cond_scale: float, condition: FrameCondition | None = None, generator: torch.Generator | None = None
     ) -> Denoiser:
         """`(x_t, t) -> (x_start, pred_noise)` for the samplers (`generation.conditioned_denoiser`)."""
         predict = partial(self.model_predictions, cond=cond, cond_scale=cond_scale, condition=condition)
@@ -246,10 +238,8 @@ class GaussianDiffusion(PretrainedMixin, GaussianProcess):
         )  # fmt: skip
 
     def _frame_condition(self, known: Tensor, known_mask: Tensor, options: GenerationOptions, frames: int) -> FrameCondition:
-        video_shape = self._video_shape(frames=frames)[1:]
-        return frame_condition(
-            known, known_mask, video_shape=video_shape, method=options.method, w_r=options.w_r, device=self.device
-        )
+        return frame_condition(known, known_mask, video_shape=self._video_shape(frames=frames)[1:], method=options.method,
+                               w_r=options.w_r, device=self.device)  # fmt: skip
 
     @torch.inference_mode()
     def interpolate(
@@ -268,13 +258,7 @@ class GaussianDiffusion(PretrainedMixin, GaussianProcess):
         in [0, T) (default T - 1), mix as `(1 - lam) * x1 + lam * x2` and denoise back (the
         DDPM paper's §4.3; `generation.interpolate_latents`). Keywords as in
         `GenerationOptions`. For new frames between given ones, see `interpolate_frames`."""
-        self._check_videos(x1, "x1")
-        self._check_videos(x2, "x2")
-        if x1.shape != x2.shape:
-            raise ValueError(f"x1 and x2 must have the same shape, got {tuple(x1.shape)} and {tuple(x2.shape)}")
-        t = default(t, self.num_timesteps - 1)
-        if not 0 <= t < self.num_timesteps:
-            raise ValueError(f"t must be in [0, {self.num_timesteps}), got {t}")
+        t = check_interpolation(x1, x2, self._video_shape(), default(t, self.num_timesteps - 1), lam, self.num_timesteps)
         cond, _ = self._prepare_cond(cond, cond_scale, x1.shape[0])
 
         return interpolate_latents(
@@ -308,7 +292,7 @@ class GaussianDiffusion(PretrainedMixin, GaussianProcess):
         frames is sampled conditioned on the last `context_frames` made so far (in [1, model
         frames), default half). Keywords: `GenerationOptions`. The first f frames are `videos`."""
         options = GenerationOptions(**options)
-        self._check_videos(videos, frames="f")
+        check_videos(videos, self._video_shape(frames="f"))
         context_frames = check_context_frames(context_frames, self.num_frames)
         spread, known = extension_layout(videos, num_frames)
         return self._fill_frames(spread, known, context_frames, options)
@@ -325,7 +309,7 @@ class GaussianDiffusion(PretrainedMixin, GaussianProcess):
         block. Keywords: `GenerationOptions`. Returns `(f - 1) * factor + 1` frames, input frame
         i at `i * factor`."""
         options = GenerationOptions(**options)
-        self._check_videos(videos, frames="f")
+        check_videos(videos, self._video_shape(frames="f"))
         spread, known = interpolation_layout(videos, factor, self.num_frames)
         return self._fill_frames(spread, known, check_context_frames(None, self.num_frames), options)
 
@@ -404,7 +388,7 @@ class GaussianDiffusion(PretrainedMixin, GaussianProcess):
         With `independent_frames` (joint image-video training, Ho et al. 2022, §3) the
         videos may carry image frames beyond `num_frames`; the denoiser checks the mask. The
         values of videos (in [0, 1]) and cond (finite) are checked on the CPU only (`checks`)."""
-        self._check_videos(videos, frames=None if kwargs.get("independent_frames") is None else "f")
+        check_videos(videos, self._video_shape(frames=None if kwargs.get("independent_frames") is None else "f"))
         if isinstance(cond := args[0] if args else kwargs.get("cond"), Tensor):
             check_finite(cond, "cond")
         b = videos.shape[0]

@@ -18,7 +18,7 @@ import torch
 from einops import rearrange
 from torch import Tensor
 
-from .checks import check_int
+from .checks import check_int, check_number, check_videos
 from .conditioning import DEFAULT_RECONSTRUCTION_WEIGHT, FrameCondition, plan_windows
 from .helpers import default, exists, normalize_to_neg_one_to_one, randn, unnormalize_to_zero_to_one
 from .samplers import Denoiser, Posterior, sample_ancestral
@@ -87,6 +87,19 @@ def conditioned_denoiser(
     return denoise
 
 
+def check_interpolation(x1: Tensor, x2: Tensor, shape: tuple, t: int, lam: float, timesteps: int) -> int:
+    """The arguments of `interpolate_latents`: two batches of videos of the model's `shape`
+    and of one batch size, a step `t` in [0, T) and a finite `lam`; returns `t`."""
+    check_videos(x1, shape, "x1")
+    check_videos(x2, shape, "x2")
+    if x1.shape != x2.shape:
+        raise ValueError(f"x1 and x2 must have the same shape, got {tuple(x1.shape)} and {tuple(x2.shape)}")
+    check_number("lam", lam)
+    if check_int("t", t, minimum=0) >= timesteps:
+        raise ValueError(f"t must be in [0, {timesteps}), got {t}")
+    return t
+
+
 def interpolate_latents(
     denoise: Denoiser,
     x1: Tensor,
@@ -122,7 +135,7 @@ def extension_layout(videos: Tensor, num_frames: int) -> tuple[Tensor, list[bool
     """`videos` (b, c, f, h, w) followed by `num_frames - f` empty frames, and which frames
     are known."""
     given = videos.shape[2]
-    if num_frames < given:
+    if check_int("num_frames", num_frames) < given:
         raise ValueError(f"num_frames must be at least the {given} frames given, got {num_frames}")
     # (b, c, f, h, w) -> (b, c, N, h, w), the new frames still empty
     padding = videos.new_zeros(*videos.shape[:2], num_frames - given, *videos.shape[3:])

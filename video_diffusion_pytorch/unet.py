@@ -290,6 +290,7 @@ class Unet3D(PretrainedMixin, nn.Module):
         time = self._check_inputs(x, time, cond, focus_present_mask, independent_frames)
         batch = x.shape[0]
         focus_present_mask = _draw_focus(batch, focus_present_mask, prob_focus_present, x.device)
+        check_number("null_cond_prob", null_cond_prob, low=0, high=1)
         drop_cond = prob_mask_like((batch,), null_cond_prob, device=x.device) if self.has_cond else None
         return self._denoise(
             x, time, cond, drop_cond=drop_cond, focus_present_mask=focus_present_mask,

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .checks import check_int
+from .checks import check_int, check_number
 from .denoiser import DenoiserSpec, condition_kind
 from .helpers import exists
 
@@ -49,7 +49,7 @@ def batch_of_steps(x: Any, time: Tensor | float) -> Tensor:
         shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
         raise ValueError(f"expected a video batch (b, c, f, h, w), got {shape}")
     if not isinstance(time, Tensor):
-        time = torch.tensor(time, device=x.device)
+        time = torch.tensor(check_number("time", time), device=x.device)
     return time.expand(x.shape[0]) if time.ndim == 0 else time
 
 

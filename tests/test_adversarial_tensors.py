@@ -74,8 +74,8 @@ def test_diffusion_constructor_arguments(kwargs, error, message):
 @pytest.mark.parametrize(
     "videos, error, message",
     [
-        (torch.rand(SHAPE) * 255, ValueError, r"videos must hold values in \[0, 1\], got values from .* to 2\d\d\.\d+: divide 0-255 pixels by 255"),
-        (torch.rand(SHAPE) * 2 - 1, ValueError, r"videos must hold values in \[0, 1\], got values from -0\.\d+ .*\(x \+ 1\) / 2"),
+        (torch.linspace(0, 255, 1152).view(SHAPE), ValueError, r"^videos must hold values in \[0, 1\], got values from 0 to 255: divide 0-255 pixels by 255$"),
+        (torch.linspace(-1, 1, 1152).view(SHAPE), ValueError, r"^videos must hold values in \[0, 1\], got values from -1 to 1: map \[-1, 1\] to \[0, 1\] with \(x \+ 1\) / 2$"),
         ((torch.rand(SHAPE) * 255).to(torch.uint8), TypeError, r"videos must be floating point .* got dtype torch\.uint8: divide uint8 pixels by 255"),
         (torch.ones(SHAPE, dtype=torch.long), TypeError, r"got dtype torch\.int64"),
         (torch.full(SHAPE, math.nan), ValueError, r"videos holds 1152 NaN or infinite values among 1152"),

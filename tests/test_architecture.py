@@ -123,3 +123,21 @@ def test_the_checks_see_an_upward_import_and_a_cycle(tmp_path):
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
 
+
+
+MAX_MODULE_LINES = 400
+MAX_FUNCTION_LINES = 60  # a constructor's argument list does not count
+
+
+def test_modules_and_functions_stay_small():
+    too_long = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        source = path.read_text(encoding="utf-8")
+        if len(source.splitlines()) > MAX_MODULE_LINES:
+            too_long.append(f"{path.name}: {len(source.splitlines())} lines")
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                start = node.body[0].lineno if node.name == "__init__" else node.lineno
+                if node.end_lineno - start + 1 > MAX_FUNCTION_LINES:
+                    too_long.append(f"{path.name}: {node.name} is {node.end_lineno - start + 1} lines")
+    assert not too_long, f"modules over {MAX_MODULE_LINES} lines or functions over {MAX_FUNCTION_LINES}: {too_long}"

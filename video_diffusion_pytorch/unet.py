@@ -115,8 +115,7 @@ class Unet3D(PretrainedMixin, nn.Module):
         self.channels = channels
         self.use_bert_text_cond = use_bert_text_cond
         self.gradient_checkpointing = gradient_checkpointing
-        # set by `compile`: torch.compile of `_unet` (the unbound function: a deep copy of
-        # the model, such as an EMA copy, runs it with its own weights)
+        # set by `compile`: torch.compile of the unbound `_unet`, so a deep copy (EMA) runs its own weights
         self._compiled_unet: Callable[..., Tensor] | None = None
         self._checked_signature: tuple | None = None  # of the last inputs `_check_inputs` accepted
         self._cuda_graphs = False
@@ -124,15 +123,13 @@ class Unet3D(PretrainedMixin, nn.Module):
         # one rotary embedding and one position bias shared by every temporal attention
         # no frequency cache: it would go stale when a state dict loads other `freqs`
         rotary_emb = RotaryEmbedding(min(32, attn_dim_head), cache_if_possible=False)
-        # its tables for a step's frame count, built once per step for every temporal
-        # attention (a function, not a submodule: the state dict keeps the original's keys)
+        # its tables, once per step for all temporal attentions (a function: the state dict keeps its keys)
         self._rotary_tables = partial(rotary_tables, rotary_emb, dim_head=attn_dim_head)
         self.time_rel_pos_bias = RelativePositionBias(heads=attn_heads, max_distance=32)
 
         layers = _Layers(attn_heads, attn_dim_head, rotary_emb, use_sparse_linear_attn)
         init_dim = default(init_dim, dim)
-        init_padding = init_kernel_size // 2
-        self.init_conv = FrameConv3d(channels, init_dim, init_kernel_size, padding=init_padding)
+        self.init_conv = FrameConv3d(channels, init_dim, init_kernel_size, padding=init_kernel_size // 2)
         self.init_temporal_attn = layers.temporal_attn(init_dim)
 
         dims = [init_dim, *(dim * m for m in dim_mults)]
@@ -140,9 +137,7 @@ class Unet3D(PretrainedMixin, nn.Module):
         self.num_downsamples = len(in_out) - 1
 
         time_dim = dim * 4
-        self.time_mlp = nn.Sequential(
-            SinusoidalPosEmb(dim), nn.Linear(dim, time_dim), nn.GELU(), nn.Linear(time_dim, time_dim)
-        )
+        self.time_mlp = nn.Sequential(SinusoidalPosEmb(dim), nn.Linear(dim, time_dim), nn.GELU(), nn.Linear(time_dim, time_dim))
 
         # conditioning: a vector per sample, concatenated with the time embedding
         self.has_cond = exists(cond_dim) or use_bert_text_cond
@@ -159,9 +154,7 @@ class Unet3D(PretrainedMixin, nn.Module):
 
         mid_dim = dims[-1]
         self.mid_block1 = ResnetBlock(mid_dim, mid_dim, time_emb_dim=emb_dim)
-        self.mid_spatial_attn = Residual(
-            PreNorm(mid_dim, SpatialAttention(Attention(mid_dim, heads=attn_heads)))
-        )
+        self.mid_spatial_attn = Residual(PreNorm(mid_dim, SpatialAttention(Attention(mid_dim, heads=attn_heads))))
         self.mid_temporal_attn = layers.temporal_attn(mid_dim)
         self.mid_block2 = ResnetBlock(mid_dim, mid_dim, time_emb_dim=emb_dim)
 
@@ -171,9 +164,7 @@ class Unet3D(PretrainedMixin, nn.Module):
         )
 
         # the skip from right after init_temporal_attn joins here, so 2 * init_dim channels
-        self.final_conv = nn.Sequential(
-            ResnetBlock(init_dim * 2, dim), FrameConv3d(dim, default(out_dim, channels), 1)
-        )
+        self.final_conv = nn.Sequential(ResnetBlock(init_dim * 2, dim), FrameConv3d(dim, default(out_dim, channels), 1))
 
     # ------------------------------------------------------------ input checks
 

@@ -4,7 +4,9 @@ A checkpoint is read with `weights_only=True`, so a pickled payload is refused, 
 message suggests loading it with `weights_only=False`.
 """
 
+import copy
 import json
+import math
 import os
 import shutil
 
@@ -163,4 +165,52 @@ def test_weights_of_another_width_are_one_error(saved, tmp_path):
     with pytest.raises(ValueError, match=r"model\.safetensors does not fit the model that config\.json describes: "
                                          r"\d+ tensors differ in shape, e\.g\. denoise_fn\.init_conv\.weight is "
                                          r"\(16, 3, 1, 7, 7\) in the file but \(8, 3, 1, 7, 7\) in the model"):  # fmt: skip
+        GaussianDiffusion.from_pretrained(saved)
+
+
+# ---------------------------------------------------------------- tampered weights
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("run")
+    make_trainer(folder, train_num_steps=1, save_and_sample_every=1).train()
+    return torch.load(folder / "model-1.pt", weights_only=True)
+
+
+@pytest.mark.parametrize(
+    "tamper, message",
+    [
+        (lambda c: c.update(ema=[1, 2]), r"the checkpoint's 'ema' weights must be a mapping of parameter names to tensors, got a list"),
+        (lambda c: c["ema"].pop("betas"), r"'ema' weights do not fit its own description: 1 tensors missing from the file, e\.g\. betas$"),
+        (lambda c: c["ema"].update(betas=torch.zeros(99)), r"1 tensors differ in shape, e\.g\. betas is \(99,\) in the file but \(10,\) in the model$"),
+        (lambda c: c["ema"]["denoise_fn.init_conv.weight"].fill_(math.nan), r"'ema' weights hold NaN or infinite values in 1 tensors, e\.g\. denoise_fn\.init_conv\.weight"),
+    ],
+    ids=["ema-list", "missing-tensor", "other-shape", "nan-weights"],
+)
+def test_tampered_weights_in_a_checkpoint_are_one_error(trained, tmp_path, tamper, message):
+    from video_diffusion_pytorch.checkpoint import load_model
+
+    checkpoint = copy.deepcopy(trained)
+    tamper(checkpoint)
+    torch.save(checkpoint, tmp_path / "model-1.pt")
+    with pytest.raises(ValueError, match=message):
+        load_model(tmp_path / "model-1.pt")
+
+
+def test_resuming_from_nan_weights_is_one_error(trained, tmp_path):
+    checkpoint = copy.deepcopy(trained)
+    checkpoint["model"]["denoise_fn.final_conv.1.bias"].fill_(math.inf)
+    torch.save(checkpoint, tmp_path / "model-1.pt")
+    with pytest.raises(ValueError, match=r"the 'model' weights of .*model-1\.pt hold NaN or infinite values in 1 tensors"):
+        make_trainer(tmp_path).load()
+
+
+def test_nan_weights_in_a_model_folder_are_one_error(saved):
+    import safetensors.torch
+
+    state = safetensors.torch.load_file(saved / "model.safetensors")
+    state["denoise_fn.init_conv.bias"] = torch.full_like(state["denoise_fn.init_conv.bias"], math.nan)
+    safetensors.torch.save_file(state, saved / "model.safetensors")
+    with pytest.raises(ValueError, match=r"the weights in .*model\.safetensors hold NaN or infinite values in 1 tensors"):
         GaussianDiffusion.from_pretrained(saved)

@@ -32,6 +32,7 @@ import torch
 from .diffusion import GaussianDiffusion
 from .files import atomic_path
 from .hub import build_model
+from .pretrained import check_weights, weights_mismatch
 
 logger = logging.getLogger(__name__)
 
@@ -161,10 +162,12 @@ def model_from_checkpoint(checkpoint: dict[str, Any], weights: str = "ema") -> G
     diffusion = build_model(checkpoint["config"])
     if not isinstance(diffusion, GaussianDiffusion):
         raise ValueError(f"the checkpoint holds a {type(diffusion).__name__}, not a GaussianDiffusion")
+    check_weights(checkpoint[weights], f"the checkpoint's {weights!r} weights")
     try:
         diffusion.load_state_dict(checkpoint[weights])
     except RuntimeError as error:
-        raise ValueError(f"the checkpoint's {weights!r} weights do not fit its own description: {error}") from error
+        reason = weights_mismatch(diffusion, checkpoint[weights])
+        raise ValueError(f"the checkpoint's {weights!r} weights do not fit its own description: {reason}") from error
     return diffusion
 
 

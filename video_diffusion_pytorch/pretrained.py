@@ -125,6 +125,16 @@ def read_description(folder: Path) -> dict[str, Any]:
     return description
 
 
+def check_weights(state: Any, source: str) -> None:
+    """Weights read from a file: a mapping of names to tensors, every value finite (a
+    diverged run's NaN weights would only sample NaN); else a ValueError naming `source`."""
+    if not isinstance(state, dict) or not all(isinstance(value, Tensor) for value in state.values()):
+        raise ValueError(f"{source} must be a mapping of parameter names to tensors, got a {type(state).__name__}")
+    bad = [name for name, value in state.items() if value.is_floating_point() and not torch.isfinite(value).all()]
+    if bad:
+        raise ValueError(f"{source} hold NaN or infinite values in {len(bad)} tensors, e.g. {bad[0]}: the run that wrote them diverged")
+
+
 def weights_mismatch(model: nn.Module, state: dict[str, Tensor]) -> str:
     """Why the weights `state` do not fit `model`, in a line: tensors of other shapes,
     then names that only one of them has (the first of each, and how many)."""
@@ -227,4 +237,5 @@ class PretrainedMixin:
             raise ValueError(f"{weights} does not fit the model that {CONFIG_NAME} describes: {reason}") from error
         except (safetensors.SafetensorError, OSError) as error:
             raise ValueError(f"{weights} is not a readable safetensors file, perhaps cut short or damaged ({error})") from error
+        check_weights(model.state_dict(), f"the weights in {weights}")
         return model.to(device)

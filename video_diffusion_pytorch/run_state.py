@@ -15,7 +15,7 @@ import torch
 
 from .checkpoint import FORMAT_VERSION, restore_rng_state
 from .hub import describe_model
-from .pretrained import weights_mismatch
+from .pretrained import check_weights, weights_mismatch
 from .run_settings import FIXED_SETTINGS, check_settings, jsonable_settings, merge_settings
 
 logger = logging.getLogger(__name__)
@@ -44,6 +44,8 @@ def run_checkpoint(trainer: Any, rng: list[dict[str, Any]]) -> dict[str, Any]:
 
 def restore_run(trainer: Any, checkpoint: dict[str, Any], *, keep: set[str], strict: bool, source: Any) -> list[str]:
     """Continue `trainer` from `checkpoint` (see `Trainer.restore`); returns the report."""
+    for key in ("model", "ema"):
+        check_weights(checkpoint[key], f"the {key!r} weights of {source}")
     try:
         trainer.model.load_state_dict(checkpoint["model"], strict=strict)
         trainer.ema_model.load_state_dict(checkpoint["ema"], strict=strict)

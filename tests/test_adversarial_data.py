@@ -339,3 +339,13 @@ def test_loading_bert_leaves_torch_device_contexts_working(tiny_bert_path):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "meta"
+
+
+def test_a_frame_folder_of_mixed_sizes_is_one_error_naming_it(tmp_path):
+    (tmp_path / "clip").mkdir()
+    for index, size in enumerate((8, 8, 12)):
+        Image.new("RGB", (size, size), (index * 40,) * 3).save(tmp_path / "clip" / f"{index}.png")
+    with pytest.raises(ClipError, match=r"clip: the frames differ in size: frame 0 is \(3, 8, 8\), frame 2 \(3, 12, 12\)"):
+        read_clip(tmp_path / "clip")
+    dataset, caught = recorded(VideoDataset, tmp_path, image_size=8, num_frames=3)
+    assert caught == [] and dataset[0].shape == (3, 3, 8, 8)  # resized to one size, the clip is usable

@@ -148,6 +148,10 @@ def frames_to_tensor(frames: Iterable[Image.Image], transform: Callable = T.ToTe
     tensors = [transform(frame) for frame in frames]
     if not tensors:
         raise ValueError("the clip has no frames")
+    if odd := next((index for index, frame in enumerate(tensors) if frame.shape != tensors[0].shape), None):
+        raise ValueError(
+            f"the frames differ in size: frame 0 is {tuple(tensors[0].shape)}, frame {odd} {tuple(tensors[odd].shape)}"
+        )
     return torch.stack(tensors, dim=1)
 
 

@@ -203,3 +203,8 @@ def test_guided_milestone_samples_of_an_unconditional_model_are_refused_at_const
 def test_bad_generation_arguments_name_the_argument(unconditional, call, error, message):
     with pytest.raises(error, match=message):
         call(unconditional, torch.rand(2, 3, 3, 8, 8))
+
+
+def test_the_network_refuses_integer_videos():
+    with pytest.raises(TypeError, match=r"^expected a floating-point video batch .* got dtype torch\.uint8$"):
+        Unet3D(**TINY)(torch.zeros(1, 3, 3, 8, 8, dtype=torch.uint8), torch.tensor([1]))

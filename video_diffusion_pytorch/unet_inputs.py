@@ -81,6 +81,8 @@ def check_inputs(
             `Unet3D.forward` and `forward_with_cond_scale`; `time` already `(b,)`.
     """
     b, c, f, h, w = x.shape
+    if not x.is_floating_point():
+        raise TypeError(f"expected a floating-point video batch (noisy videos around [-1, 1]), got dtype {x.dtype}")
     if c != spec.channels:
         raise ValueError(f"expected {spec.channels} channels, got {c} (video shape {tuple(x.shape)})")
     if h % size_multiple or w % size_multiple:

@@ -125,7 +125,8 @@ def load_or_train(args: argparse.Namespace, lever: str) -> Unet3D:
     settings = dict(steps=args.train_steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed, unet=UNET)
     if args.reuse and path.exists():
         saved = torch.load(path, weights_only=True)
-        if {k: v for k, v in saved["settings"].items() if k != "lever"} == json.loads(json.dumps(settings)):
+        saved_settings = json.loads(json.dumps({k: v for k, v in saved["settings"].items() if k != "lever"}))
+        if saved_settings == json.loads(json.dumps(settings)):
             unet = Unet3D(**UNET)
             unet.load_state_dict(saved["state_dict"])
             print(f"reusing {path} ({lever}, {args.train_steps} training steps, trained in {saved['seconds']:.0f} s)")
@@ -134,7 +135,7 @@ def load_or_train(args: argparse.Namespace, lever: str) -> Unet3D:
     print(f"training {lever}: {args.train_steps} steps, batch {args.batch_size}, lr {args.lr}")
     unet, seconds = train(lever, args.train_steps, args.batch_size, args.lr, args.seed)
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_checkpoint(dict(state_dict=unet.state_dict(), settings=dict(settings, lever=lever), seconds=seconds), path)
+    save_checkpoint(dict(state_dict=unet.state_dict(), settings=json.loads(json.dumps(dict(settings, lever=lever))), seconds=seconds), path)
     return unet
 
 

@@ -13,7 +13,7 @@ well-formed frames (frames of one video are not independent).
 Models ("levers"), trained for the same steps on the same data, init, optimiser and EMA:
 - `eps`: the package's default (noise prediction, cosine schedule, l1 loss);
 - `v_zero_snr`: v-prediction on the cosine schedule rescaled to zero terminal SNR
-  (Lin et al. 2024, `schedules.rescale_zero_terminal_snr`);
+  (Lin et al. 2024, `rescale_zero_terminal_snr` here);
 - `rectified_flow`: `x_t = (1 - t) x_0 + t eps`, the network predicting `eps - x_0`, t
   logit-normal (Esser et al. 2024, §2 and §3.1), MSE. It is sampled with the same
   samplers through the variance-preserving view of its path: `abar(t) = (1 - t)² / ((1 -
@@ -47,7 +47,7 @@ from video_diffusion_pytorch.files import atomic_write_text
 from video_diffusion_pytorch.helpers import normalize_to_neg_one_to_one, unnormalize_to_zero_to_one
 from video_diffusion_pytorch.metrics import Criteria, FrameStats, coherent_videos, motion_coherence, wilson_interval
 from video_diffusion_pytorch.samplers import run_sampler, timestep_schedule
-from video_diffusion_pytorch.schedules import cosine_beta_schedule, rescale_zero_terminal_snr
+from video_diffusion_pytorch.schedules import cosine_beta_schedule
 from video_diffusion_pytorch.synthetic import moving_shapes
 
 IMAGE_SIZE, NUM_FRAMES, CHANNELS, TIMESTEPS = 16, 8, 1, 1000
@@ -62,6 +62,21 @@ LEVERS = ("eps", "v_zero_snr", "rectified_flow")
 
 def build_diffusion(unet: Unet3D, **kwargs) -> GaussianDiffusion:
     return GaussianDiffusion(unet, image_size=IMAGE_SIZE, num_frames=NUM_FRAMES, channels=CHANNELS, timesteps=TIMESTEPS, **kwargs)
+
+
+def rescale_zero_terminal_snr(betas: Tensor) -> Tensor:
+    """Rescale a schedule so that its last step is pure noise (Lin et al. 2024, "Common
+    Diffusion Noise Schedules and Sample Steps are Flawed", Algorithm 1): `sqrt(abar)` is
+    shifted so that its last value is 0 and scaled so that its first is unchanged, hence
+    `abar_T = 0` (zero terminal SNR) and `beta_T = 1`. Such a schedule needs a network that
+    does not predict the noise (v or x_0), since x_T holds no signal to take it from.
+    Returns float64 `(T,)`."""
+    sqrt_abar = torch.cumprod(1 - betas.double(), dim=0).sqrt()  # (T,)
+    first, last = sqrt_abar[0].clone(), sqrt_abar[-1].clone()
+    sqrt_abar = (sqrt_abar - last) * first / (first - last)
+    alphas_cumprod = sqrt_abar**2
+    alphas = torch.cat((alphas_cumprod[:1], alphas_cumprod[1:] / alphas_cumprod[:-1]))
+    return 1 - alphas
 
 
 def lever_alphas_cumprod(lever: str) -> torch.Tensor:
@@ -331,7 +346,8 @@ def main() -> None:
     parser.add_argument("--conditioning-steps", type=int, default=25, help="DDIM steps for predict / extend")
     parser.add_argument("--weights-r", type=float, nargs="+", default=[4.0], help="reconstruction guidance weights w_r")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the training")
+    parser.add_argument("--sample-seed", type=int, default=0, help="seed of the sampling noise")
     args = parser.parse_args()
     args.train_steps = args.train_steps or (150 if args.quick else 6000)
     args.videos = args.videos or (4 if args.quick else 64)
@@ -351,12 +367,12 @@ def main() -> None:
             continue
         calls = CountCalls(unet)
         configs = sampler_configs(args.nfe, args.samplers) if lever == "eps" else sampler_configs(args.lever_nfe, args.lever_samplers)
-        samplers += sampler_table(unet, lever, configs, args.videos, criteria, calls, args.seed)
+        samplers += sampler_table(unet, lever, configs, args.videos, criteria, calls, args.sample_seed)
         if lever == "eps" and args.clips:
             print(f"\nvideo prediction and extension from 4 true frames, DDIM {args.conditioning_steps} steps, blocks of {NUM_FRAMES} frames with 4 of context")
             print_header(CONDITIONING_COLUMNS)
             clips = moving_shapes(args.clips, num_frames=2 * NUM_FRAMES, image_size=IMAGE_SIZE, channels=CHANNELS, generator=torch.Generator().manual_seed(20_000))
-            conditioning = conditioning_table(unet, "ddim", args.conditioning_steps, clips, args.weights_r, criteria, calls, args.seed)
+            conditioning = conditioning_table(unet, "ddim", args.conditioning_steps, clips, args.weights_r, criteria, calls, args.sample_seed)
 
     print(f"\ntotal {time.time() - total_start:.0f} s")
     path = Path(args.json)

@@ -51,17 +51,3 @@ BETA_SCHEDULES = {
     "sigmoid": sigmoid_beta_schedule,
 }
 
-
-def rescale_zero_terminal_snr(betas: Tensor) -> Tensor:
-    """Rescale a schedule so that its last step is pure noise (Lin et al. 2024, "Common
-    Diffusion Noise Schedules and Sample Steps are Flawed", Algorithm 1): `sqrt(abar)` is
-    shifted so that its last value is 0 and scaled so that its first is unchanged, hence
-    `abar_T = 0` (zero terminal SNR) and `beta_T = 1`. Such a schedule needs a network that
-    does not predict the noise (v or x_0), since x_T holds no signal to take it from.
-    Returns float64 `(T,)`."""
-    sqrt_abar = torch.cumprod(1 - betas.double(), dim=0).sqrt()  # (T,)
-    first, last = sqrt_abar[0].clone(), sqrt_abar[-1].clone()
-    sqrt_abar = (sqrt_abar - last) * first / (first - last)
-    alphas_cumprod = sqrt_abar**2
-    alphas = torch.cat((alphas_cumprod[:1], alphas_cumprod[1:] / alphas_cumprod[:-1]))
-    return 1 - alphas

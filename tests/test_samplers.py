@@ -10,7 +10,7 @@ import torch
 
 from video_diffusion_pytorch import GaussianDiffusion, Unet3D
 from video_diffusion_pytorch.samplers import (
-    FAST_SAMPLER, FAST_SPACING, karras_timesteps, run_sampler, sample_ancestral, sample_ddim, sample_dpmpp_2m_sde, spaced_timesteps, timestep_schedule,
+    FAST_ETA, FAST_SAMPLER, FAST_SPACING, karras_timesteps, run_sampler, sample_ancestral, sample_ddim, sample_dpmpp_2m_sde, spaced_timesteps, timestep_schedule,
 )
 from video_diffusion_pytorch.schedules import cosine_beta_schedule, linear_beta_schedule
 
@@ -47,7 +47,7 @@ def test_new_arguments_are_recorded_in_the_config():
 
 def test_fewer_sampling_steps_select_the_fast_sampler_and_call_the_network_once_per_step():
     diffusion = make_diffusion(cond_dim=4, sampling_timesteps=4)
-    assert (diffusion.sampler, diffusion.sampling_spacing) == (FAST_SAMPLER, FAST_SPACING)
+    assert (diffusion.sampler, diffusion.sampling_spacing, diffusion.ddim_sampling_eta) == (FAST_SAMPLER, FAST_SPACING, FAST_ETA)
     assert make_diffusion().sampler == "ancestral"
     # count videos passed through the network (its first layer): guidance may batch its two passes
     calls = []

@@ -123,11 +123,14 @@ class GaussianDiffusion(PretrainedMixin, GaussianProcess):
         without being rebuilt. Training is unaffected; `config` (and so a saved model)
         records the choice."""
         steps = default(sampling_timesteps, self.num_timesteps)
-        self.sampler, self.sampling_spacing = resolve_sampler(sampler, steps, self.num_timesteps, ddim_sampling_eta, sampling_spacing)
+        self.sampler, self.sampling_spacing, self.ddim_sampling_eta = resolve_sampler(
+            sampler, steps, self.num_timesteps, ddim_sampling_eta, sampling_spacing
+        )
         self.sampling_timesteps = steps
-        self.ddim_sampling_eta = default(ddim_sampling_eta, 0.0)
-        self.config.update(sampling_timesteps=sampling_timesteps, ddim_sampling_eta=ddim_sampling_eta, sampler=sampler,
-                           sampling_spacing=sampling_spacing)  # fmt: skip
+        self.config.update(
+            sampling_timesteps=sampling_timesteps, ddim_sampling_eta=ddim_sampling_eta, sampler=sampler,
+            sampling_spacing=sampling_spacing,
+        )  # fmt: skip
 
     # ------------------------------------------------------------ the denoiser and its conditions
 

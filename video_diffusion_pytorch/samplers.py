@@ -31,16 +31,16 @@ SPACINGS = ("uniform", "karras")
 
 # What `sampling_timesteps < T` samples with when no sampler is named: the most coherent
 # videos per network evaluation on benchmarks/quality.py (README, "Choosing a sampler").
-FAST_SAMPLER, FAST_SPACING = "ddpm", "uniform"
+FAST_SAMPLER, FAST_SPACING, FAST_ETA = "ddpm", "uniform", 0.0
 
 
 def resolve_sampler(
     sampler: str | None, steps: int, timesteps: int, eta: float | None, spacing: str | None = None
-) -> tuple[str, str]:
-    """The sampler and step spacing to use, checked against the number of sampling steps and
-    DDIM's eta. Unnamed, the sampler is ancestral over all T steps; over fewer steps it is
-    `FAST_SAMPLER` (with `FAST_SPACING` unless `spacing` is given), or DDIM when its eta is
-    given (as models saved before the fast default record it)."""
+) -> tuple[str, str, float]:
+    """The sampler, step spacing and DDIM eta to use, checked against the number of sampling
+    steps. Unnamed, the sampler is ancestral over all T steps; over fewer steps it is
+    `FAST_SAMPLER` (with `FAST_SPACING` and `FAST_ETA` unless given), or DDIM when its eta
+    is given (as models saved before the fast default record it)."""
     integer = isinstance(steps, int) and not isinstance(steps, bool)
     if not (integer and 1 <= steps <= timesteps):
         kind = "" if integer else f" ({type(steps).__name__}, not an integer)"
@@ -50,7 +50,7 @@ def resolve_sampler(
     if spacing is not None and spacing not in SPACINGS:
         raise ValueError(f"sampling_spacing must be one of {SPACINGS}, got {spacing!r}")
     if sampler is None and steps < timesteps and eta is None:
-        return FAST_SAMPLER, default(spacing, FAST_SPACING)
+        return FAST_SAMPLER, default(spacing, FAST_SPACING), FAST_ETA
     sampler = default(sampler, "ancestral" if steps == timesteps else "ddim")
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler must be one of {tuple(SAMPLERS)}, got {sampler!r}")
@@ -62,7 +62,7 @@ def resolve_sampler(
         )
     if sampler != "ddim" and eta not in (None, 0):
         raise ValueError(f"ddim_sampling_eta={eta} applies to sampler='ddim' only, got sampler={sampler!r}")
-    return sampler, default(spacing, "uniform")
+    return sampler, default(spacing, "uniform"), default(eta, 0.0)
 
 
 def spaced_timesteps(timesteps: int, count: int) -> list[int]:

@@ -127,3 +127,10 @@ def test_a_prompt_longer_than_bert_takes_is_cut_and_sampled(tiny_bert, tmp_path,
     with pytest.warns(UserWarning, match=r"1 text\(s\) cut to BERT's 64 tokens"):
         assert main([*argv, "--no-progress"]) == 0
     assert (tmp_path / "s.gif").exists()
+
+
+def test_a_bad_focus_probability_stops_before_the_results_folder_is_made(clips, tmp_path, capsys):
+    results = tmp_path / "results"
+    options = [*TINY_MODEL, *FAST, "--prob-focus-present", "7", "--results-folder", str(results)]
+    one_line_error(capsys, ["train", str(clips), *options], r"prob_focus_present must be a finite number in \[0, 1\]")
+    assert not results.exists()

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from ..checks import check_number
 from ..checkpoint import checkpoint_path, latest_milestone, list_milestones, load_checkpoint, model_from_checkpoint
 from ..data import SUPPORTED_EXTENSIONS, find_files, read_captions
 from ..demo import DemoSettings, run_demo
@@ -86,6 +87,7 @@ def run_train(args: argparse.Namespace) -> int:
         )
     if args.resume and not milestones:
         raise UsageError(f"--resume: no checkpoint (model-N.pt) in {results}")
+    check_number("prob_focus_present", args.prob_focus_present, low=0, high=1)  # before any work, as every check here
 
     settings = {name: getattr(args, name) for name in RUN_SETTINGS}
     explicit = args.explicit & set(RUN_SETTINGS)

@@ -66,6 +66,7 @@ class VideoMetrics:
         self._networks = {"fvd": i3d, "fid": inception}
         self._weights = {"fvd": i3d_weights, "fid": inception_weights}
         self._real_features: dict[str, Tensor] = {}
+        self._criteria: Criteria | None = None
 
     def _features(self, metric: str, videos: Tensor) -> Tensor:
         if self._networks[metric] is None:  # built, and its weights read or fetched, on first use
@@ -83,7 +84,8 @@ class VideoMetrics:
         scores = {}
         for metric in self.metrics:
             if metric == "coherence":
-                scores[metric] = motion_coherence(samples, Criteria.from_data(self.real))["coherent_videos"]
+                self._criteria = self._criteria or Criteria.from_data(self.real)
+                scores[metric] = motion_coherence(samples, self._criteria)["coherent_videos"]
                 continue
             if metric not in self._real_features:
                 self._real_features[metric] = self._features(metric, self.real)

@@ -60,7 +60,7 @@ def default_validation_clips(num_clips: int) -> int:
 
 
 class TrainingData:
-    """Batches for the Trainer.
+    """Batches for the Trainer, which gives every argument (its own defaults are the only ones).
 
     Args:
         folder: a folder for `VideoDataset`, or a dataset (see `Trainer`).
@@ -86,15 +86,15 @@ class TrainingData:
         spec: DenoiserSpec,
         embed_text: Callable[[list[str]], Tensor] | None,
         seed: int,
-        cond_drop_prob: float = 0.0,
-        cond_scale: float = 1.0,
-        num_samples: int = 1,
-        horizontal_flip: bool = False,
-        short_clips: str = "pad",
-        image_folder: str | os.PathLike | Any | None = None,
-        num_images_per_clip: int = 0,
-        validation_clips: int | None = None,
-        progress: bool = True,
+        cond_drop_prob: float,
+        cond_scale: float,
+        num_samples: int,
+        horizontal_flip: bool,
+        short_clips: str,
+        image_folder: str | os.PathLike | Any | None,
+        num_images_per_clip: int,
+        validation_clips: int | None,
+        progress: bool,
     ):
         channels, self.num_frames, size = video_shape
         self.seed, self.position, self.image_position = seed, 0, 0  # positions: in the streams, over all processes

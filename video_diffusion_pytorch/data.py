@@ -243,9 +243,8 @@ class VideoDataset(ScannedDataset):
 
     Clips longer than `num_frames` give a random window of `num_frames` consecutive
     frames (a random temporal crop). Shorter clips follow `short_clips`:
-    - "skip" (default): left out, since padded or repeated frames teach the model motion
-      that never happened;
-    - "pad": black frames appended at the end (the original library's behaviour);
+    - "pad" (default, the original library's `Dataset`): black frames appended at the end;
+    - "skip": left out (the `video-diffusion train` command's choice, see its module);
     - "loop": the clip repeated from its start.
     Unreadable files and one-frame clips are always left out. Everything left out is
     named, with the reason, in one `SkippedFilesWarning`; a folder with no usable clip
@@ -281,7 +280,7 @@ class VideoDataset(ScannedDataset):
         num_frames: int = 16,
         *,
         horizontal_flip: bool = False,
-        short_clips: str = "skip",
+        short_clips: str = "pad",
         exts: Iterable[str] = SUPPORTED_EXTENSIONS,
         frame_folders: bool = True,
     ):

@@ -7,23 +7,16 @@ import re
 import pytest
 import torch
 
-from tiny_training import FRAMES, SIZE, make_clips, make_diffusion, single_thread  # noqa: F401
+from tiny_training import TINY_MODEL_OPTIONS, make_diffusion, single_thread, write_clip_folder  # noqa: F401
 from video_diffusion_pytorch.cli import main
-from video_diffusion_pytorch.data import video_tensor_to_gif
 
-TINY_MODEL = [
-    "--image-size", str(SIZE), "--frames", str(FRAMES), "--dim", "8", "--dim-mults", "1", "2",
-    "--attn-heads", "2", "--attn-dim-head", "8", "--timesteps", "5",
-]  # fmt: skip
+TINY_MODEL = TINY_MODEL_OPTIONS
 FAST = ["--batch-size", "2", "--grad-accum", "1", "--steps", "1", "--sample-rows", "1", "--no-progress"]
 
 
 @pytest.fixture(scope="module")
 def clips(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("clips")
-    for index, clip in enumerate(make_clips(4)):
-        video_tensor_to_gif(clip, folder / f"clip{index}.gif")
-    return folder
+    return write_clip_folder(tmp_path_factory.mktemp("clips"))
 
 
 @pytest.fixture(scope="module")

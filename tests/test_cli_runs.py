@@ -12,25 +12,19 @@ import pytest
 import torch
 from PIL import Image
 
-from tiny_training import FRAMES, SIZE, make_clips, single_thread  # noqa: F401
+from tiny_training import FRAMES, SIZE, TINY_MODEL_OPTIONS, make_clips, single_thread, write_clip_folder  # noqa: F401
 from video_diffusion_pytorch import GaussianDiffusion
 from video_diffusion_pytorch.cli import build_parser, main
 from video_diffusion_pytorch.cli import train as train_command
-from video_diffusion_pytorch.data import gif_to_tensor, video_tensor_to_gif
+from video_diffusion_pytorch.data import gif_to_tensor
 from video_diffusion_pytorch.run_lock import LOCK_NAME
 
-TINY_MODEL = [
-    "--image-size", str(SIZE), "--frames", str(FRAMES), "--dim", "8", "--dim-mults", "1", "2",
-    "--attn-heads", "2", "--attn-dim-head", "8", "--timesteps", "5",
-]  # fmt: skip
+TINY_MODEL = TINY_MODEL_OPTIONS
 
 
 @pytest.fixture(scope="module")
 def clip_folder(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("clips")
-    for index, clip in enumerate(make_clips(4)):
-        video_tensor_to_gif(clip, folder / f"clip{index}.gif")
-    return folder
+    return write_clip_folder(tmp_path_factory.mktemp("clips"))
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,11 @@ from video_diffusion_pytorch.synthetic import moving_shapes
 
 TINY = dict(dim=8, dim_mults=(1, 2), attn_heads=2, attn_dim_head=8)
 FRAMES, SIZE = 3, 8
+# the same model as `TINY` on the command line
+TINY_MODEL_OPTIONS = [
+    "--image-size", str(SIZE), "--frames", str(FRAMES), "--dim", "8", "--dim-mults", "1", "2",
+    "--attn-heads", "2", "--attn-dim-head", "8", "--timesteps", "5",
+]  # fmt: skip
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -27,6 +32,15 @@ def make_diffusion(seed=0, **unet_kwargs):
 
 def make_clips(n=5):
     return moving_shapes(n, num_frames=FRAMES, image_size=SIZE, generator=torch.Generator().manual_seed(1))
+
+
+def write_clip_folder(folder, n=4):
+    """`n` tiny GIF clips in `folder`, for the command line."""
+    from video_diffusion_pytorch.data import video_tensor_to_gif
+
+    for index, clip in enumerate(make_clips(n)):
+        video_tensor_to_gif(clip, folder / f"clip{index}.gif")
+    return folder
 
 
 def make_trainer(results_folder, diffusion=None, data=None, **kwargs):

@@ -17,7 +17,7 @@ setup(
     keywords=["artificial intelligence", "deep learning", "diffusion", "video generation", "text-to-video"],
     python_requires=">=3.9",
     install_requires=[
-        "torch>=2.3",
+        "torch>=2.4",  # torch.get_autocast_dtype(device_type)
         "torchvision>=0.16",
         "einops>=0.6",
         "einops-exts>=0.0.4",

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tiny_training import make_clips, make_diffusion, make_trainer, single_thread  # noqa: F401
+from tiny_training import FRAMES, SIZE, make_clips, make_diffusion, make_trainer, single_thread  # noqa: F401
 from video_diffusion_pytorch import checkpoint as checkpoint_module
 from video_diffusion_pytorch.checkpoint import latest_milestone, list_milestones
 from video_diffusion_pytorch.run_lock import LOCK_NAME, RunLockedError
@@ -184,3 +184,21 @@ def test_a_full_disk_is_one_line_and_leaves_no_temporary_file(tmp_path, monkeypa
         trainer.train()
     assert "\n" not in str(error.value)
     assert sorted(os.listdir(tmp_path)) == files  # no zero-byte temporary file, no lock
+
+
+def test_a_trainer_that_fails_to_start_leaves_its_folder_free(tmp_path):
+    with pytest.raises(ValueError, match="empty") as failure:
+        make_trainer(tmp_path, data=torch.empty(0, 3, FRAMES, SIZE, SIZE))
+    assert failure.traceback  # the half-built Trainer is still referenced, as in a debugger
+    make_trainer(tmp_path)  # the same folder, in the same process, at once
+
+
+def test_a_resumed_run_samples_as_many_conditions_as_its_restored_grid(tmp_path):
+    data = torch.utils.data.TensorDataset(make_clips(3), torch.randn(3, 4))
+    options = dict(train_batch_size=3, gradient_accumulate_every=1, save_and_sample_every=1)
+    make_trainer(tmp_path, make_diffusion(cond_dim=4), data, train_num_steps=1, num_sample_rows=5, **options).train()
+    resumed = make_trainer(tmp_path, make_diffusion(cond_dim=4), data, train_num_steps=2, num_sample_rows=4, **options)
+    resumed.load(-1)
+    assert resumed.num_sample_rows == 5  # restored from the run, not given explicitly
+    resumed.train()  # its milestone samples 25 videos, one condition each
+    assert (tmp_path / "2.gif").is_file()

@@ -104,13 +104,6 @@ def list_milestones(folder: str | os.PathLike) -> list[int]:
     return sorted(int(match.group(1)) for match in found if match)
 
 
-def next_milestone(folder: str | os.PathLike) -> int:
-    """The number after the highest milestone in `folder` (1 in an empty folder): new
-    milestones never replace a checkpoint, whatever the save interval was before."""
-    milestones = list_milestones(folder)
-    return milestones[-1] + 1 if milestones else 1
-
-
 def checkpoint_step(path: str | os.PathLike) -> int:
     """The `step` a checkpoint was saved at, read without loading its tensors."""
     try:  # memory-mapped: the tensors stay on disk

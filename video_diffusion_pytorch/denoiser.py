@@ -58,7 +58,10 @@ class DenoiserSpec:
 
     @classmethod
     def of(cls, denoise_fn: nn.Module) -> DenoiserSpec:
-        """Read the contract off a denoiser; a TypeError names what it lacks."""
+        """Read the contract off a denoiser (its own `spec` when it has one, as `Unet3D`);
+        a TypeError names what it lacks."""
+        if isinstance(getattr(denoise_fn, "spec", None), cls):
+            return denoise_fn.spec
         missing = [name for name in ("channels", "forward_with_cond_scale") if not hasattr(denoise_fn, name)]
         if missing:
             raise TypeError(

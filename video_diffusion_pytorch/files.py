@@ -41,7 +41,10 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         yield temporary
         os.replace(temporary, path)
     except Exception as error:
-        raise _write_error(error, path) from error  # the error itself when it is neither
+        described = _write_error(error, path)
+        if described is error:  # neither a full disk nor a refused write
+            raise
+        raise described from error
     finally:
         # on a read-only file system even a missing file cannot be unlinked (EROFS); a
         # temporary file that could not be removed is cleared by remove_temporary_files

@@ -182,7 +182,11 @@ class Trainer:
             weakref.finalize(self, self._lock.release)
             remove_temporary_files(self.results_folder)  # left by a run killed while saving
         self.image_size = diffusion_model.image_size
-        self.data = self._training_data(diffusion_model, folder, image_folder, seed_processes(self.accelerator, seed))
+        try:
+            self.data = self._training_data(diffusion_model, folder, image_folder, seed_processes(self.accelerator, seed))
+        except BaseException:  # the folder stays free for a corrected run in this process
+            self._lock.release()
+            raise
         self.ds = self.data.ds
 
         self.model = diffusion_model
@@ -207,7 +211,6 @@ class Trainer:
         return TrainingData(
             folder, video_shape=(diffusion.channels, diffusion.num_frames, self.image_size), spec=spec,
             embed_text=embed_text, seed=seed, cond_drop_prob=self.cond_drop_prob, cond_scale=self.sample_cond_scale,
-            num_samples=self.num_sample_rows**2,
             horizontal_flip=self.horizontal_flip, short_clips=self.short_clips, image_folder=image_folder,
             num_images_per_clip=self.num_images_per_clip, validation_clips=self.validation_clips,
             progress=self.progress and self.is_main,

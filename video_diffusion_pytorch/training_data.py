@@ -70,7 +70,6 @@ class TrainingData:
         seed: the seed of the data order, the same in every process.
         cond_drop_prob: the caption dropout the model will be trained with (checked here).
         cond_scale: the guidance scale of the milestone samples (checked here).
-        num_samples: how many conditions `sample_conditions` must provide.
         horizontal_flip, short_clips: `VideoDataset` options (folders only).
         image_folder, num_images_per_clip: joint image-video training.
         validation_clips: the last items of the dataset, held out of training for the
@@ -88,7 +87,6 @@ class TrainingData:
         seed: int,
         cond_drop_prob: float,
         cond_scale: float,
-        num_samples: int,
         horizontal_flip: bool,
         short_clips: str,
         image_folder: str | os.PathLike | Any | None,
@@ -114,14 +112,11 @@ class TrainingData:
         self._split(validation_clips)
 
         self.caption_embeddings = None
-        self.vector_samples = None  # the conditions of the first items, for vector-conditioned samples
         if self.condition_kind == "text":
             captions = getattr(self.ds, "captions", None)
             if captions is None:
                 raise ValueError("a dataset of (video, caption) pairs must list every caption in a `captions` attribute")
             self.caption_embeddings = CaptionEmbeddings(captions, embed_text, progress=progress)
-        elif self.condition_kind == "vector":
-            self.vector_samples = torch.stack([split_item(self.ds[i % len(self.ds)])[1] for i in range(num_samples)])
         self.num_images_per_clip = num_images_per_clip
         self.image_ds = self._images(image_folder, num_images_per_clip, channels, size, horizontal_flip)
 
@@ -237,8 +232,8 @@ class TrainingData:
             distinct = self.caption_embeddings.captions
             prompts = [distinct[i % len(distinct)] for i in range(n)]
             return self.caption_embeddings(prompts), prompts
-        if self.condition_kind == "vector":
-            return self.vector_samples[:n], None
+        if self.condition_kind == "vector":  # the conditions of the first items, in order
+            return torch.stack([split_item(self.ds[i % len(self.ds)])[1] for i in range(n)]), None
         return None, None
 
     def state_dict(self) -> dict[str, int]:

@@ -54,11 +54,12 @@ def batch_of_steps(x: Any, time: Tensor | float) -> Tensor:
 
 
 def input_signature(*inputs: Any) -> tuple:
-    """What the checks depend on: each tensor's shape, the type of anything else, and numbers as they are."""
+    """What the checks depend on: each tensor's shape and dtype, numbers as they are, the type of anything else."""
     return tuple(
-        tuple(value.shape) if isinstance(value, Tensor) else value if isinstance(value, (int, float)) else type(value)
+        (tuple(value.shape), value.dtype) if isinstance(value, Tensor)
+        else value if isinstance(value, (int, float)) else type(value)
         for value in inputs
-    )
+    )  # fmt: skip
 
 
 def check_inputs(

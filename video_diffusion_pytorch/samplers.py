@@ -6,8 +6,8 @@ thresholded) and the noise `eps` consistent with it, `x_t = sqrt(abar_t) x_0 + s
 Every sampler walks a decreasing list of steps of the trained schedule, e.g. `T-1, ..., 0`,
 and ends on the clean sample (`abar = 1` after step 0). Randomness comes from `generator`.
 
-`SAMPLERS` maps each name to a function of one signature, `(denoise, x, timesteps, *,
-alphas_cumprod, q_posterior, eta, generator, progress)`, and `run_sampler` runs one by name;
+`SAMPLERS` maps each name to a sampler function and the model keywords it takes, and
+`run_sampler` runs one by name;
 `timestep_schedule` picks the steps (evenly spaced, or Karras et al. 2022).
 The step at which `abar = 0` (a zero-terminal-SNR schedule) is handled by every sampler.
 """
@@ -15,6 +15,7 @@ The step at which `abar = 0` (a zero-terminal-SNR schedule) is handled by every 
 from __future__ import annotations
 
 import math
+from functools import partial
 from typing import Callable, Iterator, Sequence
 
 import torch
@@ -256,42 +257,23 @@ def sample_dpmpp_2m_sde(
     return x
 
 
-# ------------------------------------------------------------ one signature, chosen by name
+# ------------------------------------------------------------ chosen by name
 
+# DDPM over any subset of steps: the posterior step of the respaced process, which is
+# DDIM's update at eta = 1 (Song et al. 2021, eq. 16 and §4.1; Nichol & Dhariwal 2021, §4)
+_DDPM = (partial(sample_ddim, eta=1.0, desc="DDPM sampling"), ("alphas_cumprod",))
 
-def _ancestral(denoise: Denoiser, x: Tensor, timesteps: Sequence[int], *, alphas_cumprod: Tensor,
-               q_posterior: Posterior, eta: float, generator: torch.Generator | None, progress: bool) -> Tensor:  # fmt: skip
-    return sample_ancestral(denoise, x, timesteps, q_posterior=q_posterior, generator=generator, progress=progress)
-
-
-def _ddim(denoise: Denoiser, x: Tensor, timesteps: Sequence[int], *, alphas_cumprod: Tensor,
-          q_posterior: Posterior, eta: float, generator: torch.Generator | None, progress: bool) -> Tensor:  # fmt: skip
-    return sample_ddim(denoise, x, timesteps, alphas_cumprod=alphas_cumprod, eta=eta, generator=generator, progress=progress)
-
-
-def _ddpm(denoise: Denoiser, x: Tensor, timesteps: Sequence[int], *, alphas_cumprod: Tensor,
-          q_posterior: Posterior, eta: float, generator: torch.Generator | None, progress: bool) -> Tensor:  # fmt: skip
-    """DDPM over any subset of steps: the posterior step of the respaced process, which is
-    DDIM's update at eta = 1 (Song et al. 2021, eq. 16 and §4.1; Nichol & Dhariwal 2021, §4)."""
-    return sample_ddim(denoise, x, timesteps, alphas_cumprod=alphas_cumprod, eta=1.0, generator=generator,
-                       desc="DDPM sampling", progress=progress)  # fmt: skip
-
-
-def _dpmpp_2m_sde(denoise: Denoiser, x: Tensor, timesteps: Sequence[int], *, alphas_cumprod: Tensor,
-                  q_posterior: Posterior, eta: float, generator: torch.Generator | None, progress: bool) -> Tensor:  # fmt: skip
-    return sample_dpmpp_2m_sde(denoise, x, timesteps, alphas_cumprod=alphas_cumprod, generator=generator, progress=progress)
-
-
-SAMPLERS: dict[str, Callable[..., Tensor]] = {
-    "ancestral": _ancestral,
-    "ddim": _ddim,
-    "ddpm": _ddpm,
+# each name: the sampler function and which of `run_sampler`'s model keywords it takes
+SAMPLERS: dict[str, tuple[Callable[..., Tensor], tuple[str, ...]]] = {
+    "ancestral": (sample_ancestral, ("q_posterior",)),
+    "ddim": (sample_ddim, ("alphas_cumprod", "eta")),
+    "ddpm": _DDPM,
     # Euler ancestral (Karras et al. 2022; k-diffusion's `sample_euler_ancestral`) on the
     # trained noise levels is the same update: in sigma = sqrt((1 - abar) / abar) its Euler
     # step lands on DDIM's deterministic part and its sigma_up is eq. 16's sigma at eta = 1
     # (shown step by step in tests/test_samplers.py), so the name runs DDPM.
-    "euler_ancestral": _ddpm,
-    "dpmpp_2m_sde": _dpmpp_2m_sde,
+    "euler_ancestral": _DDPM,
+    "dpmpp_2m_sde": (sample_dpmpp_2m_sde, ("alphas_cumprod",)),
 }
 
 
@@ -310,5 +292,6 @@ def run_sampler(
     """Run the sampler named `sampler` (one of `SAMPLERS`) from `x` along `timesteps`: the
     trained `alphas_cumprod` `(T,)` for every sampler, `q_posterior` for 'ancestral', `eta`
     for 'ddim' (the others are stochastic with eta 1)."""
-    return SAMPLERS[sampler](denoise, x, timesteps, alphas_cumprod=alphas_cumprod, q_posterior=q_posterior, eta=eta,
-                             generator=generator, progress=progress)  # fmt: skip
+    function, takes = SAMPLERS[sampler]
+    model = dict(alphas_cumprod=alphas_cumprod, q_posterior=q_posterior, eta=eta)
+    return function(denoise, x, timesteps, **{name: model[name] for name in takes}, generator=generator, progress=progress)

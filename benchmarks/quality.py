@@ -14,10 +14,11 @@ Models ("levers"), trained for the same steps on the same data, init, optimiser 
 - `eps`: the package's default (noise prediction, cosine schedule, l1 loss);
 - `v_zero_snr`: v-prediction on the cosine schedule rescaled to zero terminal SNR
   (Lin et al. 2024, `rescale_zero_terminal_snr` here);
-- `rectified_flow`: `x_t = (1 - t) x_0 + t eps`, the network predicting `eps - x_0`, t
-  logit-normal (Esser et al. 2024, §2 and §3.1), MSE. It is sampled with the same
-  samplers through the variance-preserving view of its path: `abar(t) = (1 - t)² / ((1 -
-  t)² + t²)` on T levels `t = (i + 1) / T`, so DDIM there is its Euler method.
+- `rectified_flow`: `GaussianDiffusion(**RECTIFIED_FLOW)`: `x_t = (1 - t) x_0 + t eps`, the
+  network predicting `eps - x_0`, t logit-normal (Esser et al. 2024, §2 and §3.1), MSE. It
+  is sampled with the same samplers through the variance-preserving view of its path:
+  `abar(t) = (1 - t)² / ((1 - t)² + t²)` on T levels `t = i / T`, i = 1..T, so DDIM there
+  is its Euler method.
 
 With `--clips N`, then `predict` (4 given frames -> 8) and `extend` (4 -> 16, three blocks) with
 reconstruction guidance and with replacement, measured at the block boundaries.
@@ -44,7 +45,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from video_diffusion_pytorch import GaussianDiffusion, Unet3D
+from video_diffusion_pytorch import RECTIFIED_FLOW, GaussianDiffusion, Unet3D
 from video_diffusion_pytorch.checkpoint import save_checkpoint
 from video_diffusion_pytorch.files import atomic_write_text
 from video_diffusion_pytorch.helpers import normalize_to_neg_one_to_one, unnormalize_to_zero_to_one
@@ -82,33 +83,28 @@ def rescale_zero_terminal_snr(betas: Tensor) -> Tensor:
     return 1 - alphas
 
 
-def lever_alphas_cumprod(lever: str) -> torch.Tensor:
-    """The noise levels `abar` `(T,)` each lever's model is sampled on."""
-    if lever == "eps":
-        return torch.cumprod(1 - cosine_beta_schedule(TIMESTEPS), 0)
-    if lever == "v_zero_snr":
-        return torch.cumprod(1 - rescale_zero_terminal_snr(cosine_beta_schedule(TIMESTEPS)), 0)
-    t = torch.arange(1, TIMESTEPS + 1, dtype=torch.float64) / TIMESTEPS  # rectified flow's times
-    return (1 - t) ** 2 / ((1 - t) ** 2 + t**2)
+# the package's models; the other lever is written here
+PACKAGE_LEVERS = {"eps": {}, "rectified_flow": RECTIFIED_FLOW}
+
+
+def v_zero_snr_alphas_cumprod() -> torch.Tensor:
+    """The noise levels `abar` `(T,)` of the `v_zero_snr` lever."""
+    return torch.cumprod(1 - rescale_zero_terminal_snr(cosine_beta_schedule(TIMESTEPS)), 0).float()
 
 
 def lever_loss(lever: str, unet: Unet3D) -> Callable[[torch.Tensor], torch.Tensor]:
     """The training loss of videos in [0, 1] under each lever."""
-    if lever == "eps":
-        return build_diffusion(unet)
-    alphas_cumprod = lever_alphas_cumprod(lever).float()
+    if lever in PACKAGE_LEVERS:
+        return build_diffusion(unet, **PACKAGE_LEVERS[lever])
+    alphas_cumprod = v_zero_snr_alphas_cumprod()
 
     def loss(videos: torch.Tensor) -> torch.Tensor:
+        # v = sqrt(abar) eps - sqrt(1 - abar) x_0 (Salimans & Ho 2022), l1 like the default
         x_start = normalize_to_neg_one_to_one(videos)
-        if lever == "v_zero_snr":  # v = sqrt(abar) eps - sqrt(1 - abar) x_0 (Salimans & Ho 2022), l1 like the default
-            t = torch.randint(0, TIMESTEPS, (videos.shape[0],))
-            noise = torch.randn_like(x_start)
-            a, s = alphas_cumprod[t].sqrt().view(-1, 1, 1, 1, 1), (1 - alphas_cumprod[t]).sqrt().view(-1, 1, 1, 1, 1)
-            return F.l1_loss(a * noise - s * x_start, unet(a * x_start + s * noise, t))
-        t = torch.randn(videos.shape[0]).sigmoid()  # logit-normal(0, 1), Esser et al. 2024, §3.1
+        t = torch.randint(0, TIMESTEPS, (videos.shape[0],))
         noise = torch.randn_like(x_start)
-        tt = t.view(-1, 1, 1, 1, 1)
-        return F.mse_loss(unet((1 - tt) * x_start + tt * noise, t * TIMESTEPS), noise - x_start)  # §2, eq. 1 and 3
+        a, s = alphas_cumprod[t].sqrt().view(-1, 1, 1, 1, 1), (1 - alphas_cumprod[t]).sqrt().view(-1, 1, 1, 1, 1)
+        return F.l1_loss(a * noise - s * x_start, unet(a * x_start + s * noise, t))
 
     return loss
 
@@ -188,22 +184,17 @@ def boundary_metrics(videos: torch.Tensor, first_new: list[int], truth: torch.Te
 
 def lever_denoiser(unet: Unet3D, lever: str) -> tuple[Callable, dict]:
     """The denoiser `(x_t, t) -> (x_0 clipped to [-1, 1], eps)` the samplers take, and the
-    noise levels it is sampled on, for each lever (eps goes through `GaussianDiffusion`)."""
-    if lever == "eps":
-        diffusion = build_diffusion(unet)
+    noise levels it is sampled on, for each lever (the package's go through `GaussianDiffusion`)."""
+    if lever in PACKAGE_LEVERS:
+        diffusion = build_diffusion(unet, **PACKAGE_LEVERS[lever])
         schedule = dict(alphas_cumprod=diffusion.alphas_cumprod, q_posterior=diffusion.q_posterior)
         return (lambda x, t: diffusion.model_predictions(x, t)), schedule
-    alphas_cumprod = lever_alphas_cumprod(lever).float()
+    alphas_cumprod = v_zero_snr_alphas_cumprod()
 
     def denoise(x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         abar = alphas_cumprod[t].view(-1, 1, 1, 1, 1)
         a, s = abar.sqrt(), (1 - abar).sqrt()
-        if lever == "v_zero_snr":
-            x_start = a * x - s * unet(x, t)  # x_0 = sqrt(abar) x_t - sqrt(1 - abar) v
-        else:  # rectified flow sees x_t / (alpha + sigma) = (1 - t) x_0 + t eps at time t = sigma / (alpha + sigma)
-            x_flow, time = x / (a + s), (s / (a + s)).flatten()
-            x_start = x_flow - time.view(-1, 1, 1, 1, 1) * unet(x_flow, time * TIMESTEPS)
-        x_start = x_start.clamp(-1, 1)
+        x_start = (a * x - s * unet(x, t)).clamp(-1, 1)  # x_0 = sqrt(abar) x_t - sqrt(1 - abar) v
         return x_start, (x - a * x_start) / s  # eps consistent with the clipped x_0
 
     return denoise, dict(alphas_cumprod=alphas_cumprod)
@@ -247,14 +238,15 @@ def sampler_configs(nfe: list[int], samplers: list[str]) -> list[dict]:
     return configs
 
 
-def sampler_table(unet: Unet3D, lever: str, configs: list[dict], videos: int, criteria: Criteria, calls: "CountCalls", seed: int) -> list[dict]:
-    """One row per sampler configuration, all from the same starting noise."""
+def sampler_table(unet: Unet3D, lever: str, configs: list[dict], videos: int, criteria: Criteria, calls: "CountCalls", seeds: list[int]) -> list[dict]:
+    """One row per sampler configuration, all from the same starting noise: `videos` from
+    each seed, pooled."""
     rows = []
     for config in configs:
         calls.count, start = 0, time.time()
-        samples = sample(unet, lever, config, videos, seed)
+        samples = torch.cat([sample(unet, lever, config, videos, seed) for seed in seeds])
         seconds = time.time() - start
-        row = dict(lever=lever, **config, nfe=calls.count, seconds_per_video=seconds / videos)
+        row = dict(lever=lever, **config, nfe=calls.count // len(seeds), seconds_per_video=seconds / len(samples), videos=len(samples))
         row.update(score(samples, criteria))
         rows.append(row)
         print_row(row, SAMPLER_COLUMNS)
@@ -321,7 +313,7 @@ class CountCalls:
 
 SAMPLER_COLUMNS = [
     ("lever", "model", "{}"), ("sampler", "sampler", "{}"), ("spacing", "spacing", "{}"), ("eta", "eta", "{:g}"),
-    ("nfe", "NFE", "{}"), ("seconds_per_video", "s/video", "{:.2f}"),
+    ("nfe", "NFE", "{}"), ("videos", "videos", "{}"), ("seconds_per_video", "s/video", "{:.2f}"),
     ("well_formed_frames", "well-formed frames", "{:.1%}"), ("well_formed_low", "95% from", "{:.1%}"), ("well_formed_high", "to", "{:.1%}"),
     ("coherent_videos", "coherent videos", "{:.1%}"), ("coherent_low", "95% from", "{:.1%}"), ("coherent_high", "to", "{:.1%}"),
     ("acceleration_px", "accel px", "{:.2f}"), ("colour_jump", "colour jump", "{:.3f}"),
@@ -350,7 +342,7 @@ def main() -> None:
     parser.add_argument("--weights-r", type=float, nargs="+", default=[4.0], help="reconstruction guidance weights w_r")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0, help="seed of the training")
-    parser.add_argument("--sample-seed", type=int, default=0, help="seed of the sampling noise")
+    parser.add_argument("--sample-seeds", type=int, nargs="+", default=[0], help="seeds of the sampling noise: --videos from each, pooled")
     args = parser.parse_args()
     args.train_steps = args.train_steps or (150 if args.quick else 6000)
     args.videos = args.videos or (4 if args.quick else 64)
@@ -370,12 +362,12 @@ def main() -> None:
             continue
         calls = CountCalls(unet)
         configs = sampler_configs(args.nfe, args.samplers) if lever == "eps" else sampler_configs(args.lever_nfe, args.lever_samplers)
-        samplers += sampler_table(unet, lever, configs, args.videos, criteria, calls, args.sample_seed)
+        samplers += sampler_table(unet, lever, configs, args.videos, criteria, calls, args.sample_seeds)
         if lever == "eps" and args.clips:
             print(f"\nvideo prediction and extension from 4 true frames, DDIM {args.conditioning_steps} steps, blocks of {NUM_FRAMES} frames with 4 of context")
             print_header(CONDITIONING_COLUMNS)
             clips = moving_shapes(args.clips, num_frames=2 * NUM_FRAMES, image_size=IMAGE_SIZE, channels=CHANNELS, generator=torch.Generator().manual_seed(20_000))
-            conditioning = conditioning_table(unet, "ddim", args.conditioning_steps, clips, args.weights_r, criteria, calls, args.sample_seed)
+            conditioning = conditioning_table(unet, "ddim", args.conditioning_steps, clips, args.weights_r, criteria, calls, args.sample_seeds[0])
 
     print(f"\ntotal {time.time() - total_start:.0f} s")
     path = Path(args.json)

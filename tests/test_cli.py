@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 
 from tiny_training import FRAMES, SIZE, make_clips, make_diffusion, single_thread  # noqa: F401
+from video_diffusion_pytorch import RECTIFIED_FLOW
 from video_diffusion_pytorch.cli import main
 from video_diffusion_pytorch.data import video_tensor_to_gif
 from video_diffusion_pytorch.hub import build_model
@@ -96,6 +97,18 @@ def test_objective_and_fast_sampling_options(clip_folder, tmp_path, monkeypatch)
     passes.clear()
     assert main([*sample, "--sampling-steps", "4", "--eta", "1", "--out", str(tmp_path / "b.gif")]) == 0
     assert passes == [1] * 4
+
+
+def test_rectified_flow_option_trains_the_librarys_recipe(clip_folder, tmp_path, capsys):
+    results = tmp_path / "results"
+    assert train(clip_folder, results, "--steps", "1", "--rectified-flow", "--sampling-steps", "2") == 0
+    config = torch.load(results / "model-1.pt", weights_only=True)["config"]["config"]
+    assert {key: config[key] for key in RECTIFIED_FLOW} == RECTIFIED_FLOW
+    assert main(["sample", str(results / "model-1.pt"), "--num", "1", "--no-progress", "--out", str(tmp_path / "a.gif")]) == 0
+    capsys.readouterr()
+    assert train(clip_folder, tmp_path / "other", "--steps", "1", "--rectified-flow", "--loss-type", "l1") == 2
+    assert "--rectified-flow means --beta-schedule rectified_flow" in capsys.readouterr().err
+    assert not (tmp_path / "other" / "model-1.pt").exists()
 
 
 def test_demo_code_path(tmp_path, capsys):

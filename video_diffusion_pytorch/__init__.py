@@ -1,5 +1,6 @@
 from .data import gif_to_tensor, video_tensor_to_gif
 from .diffusion import GaussianDiffusion
+from .process import RECTIFIED_FLOW
 from .text import BERT_MODEL_DIM, bert_embed, tokenize
 from .trainer import Trainer
 from .unet import Unet3D
@@ -8,6 +9,7 @@ from .version import __version__
 __all__ = [
     "Unet3D",
     "GaussianDiffusion",
+    "RECTIFIED_FLOW",
     "Trainer",
     "tokenize",
     "bert_embed",

@@ -52,9 +52,9 @@ class GaussianDiffusion(PretrainedMixin, GaussianProcess):
         channels: video channels.
         bert_model: BERT for text conditions (a Hugging Face name or local folder); see
             `video_diffusion_pytorch.text`.
-        timesteps, beta_schedule, objective, loss_type, min_snr_loss_weight, min_snr_gamma,
-        use_dynamic_thres, dynamic_thres_percentile: the process and its training
-            objective, see `process.GaussianProcess`.
+        timesteps, beta_schedule, objective, loss_type, timestep_sampling, min_snr_loss_weight, min_snr_gamma,
+        use_dynamic_thres, dynamic_thres_percentile: the process and its training objective, see
+            `process.GaussianProcess`; `**RECTIFIED_FLOW` trains rectified flow (Esser et al. 2024).
         sampling_timesteps: network evaluations per sample (default T); fewer than T
             samples with `samplers.FAST_SAMPLER` (or the sampler named in `sampler`).
         ddim_sampling_eta: DDIM's noise scale in [0, 1] (Song et al. 2021, eq. 16): 0 is
@@ -86,6 +86,7 @@ class GaussianDiffusion(PretrainedMixin, GaussianProcess):
         bert_model: str | None = None,
         objective: str = "pred_noise",
         beta_schedule: str = "cosine",
+        timestep_sampling: str = "uniform",
         min_snr_loss_weight: bool = False,
         min_snr_gamma: float = 5.0,
         sampling_timesteps: int | None = None,
@@ -100,7 +101,7 @@ class GaussianDiffusion(PretrainedMixin, GaussianProcess):
             raise ValueError(f"denoise_fn takes {spec.channels} channels but channels={channels}")
         super().__init__(
             timesteps, beta_schedule=beta_schedule, objective=objective, loss_type=loss_type,
-            min_snr_loss_weight=min_snr_loss_weight, min_snr_gamma=min_snr_gamma,
+            timestep_sampling=timestep_sampling, min_snr_loss_weight=min_snr_loss_weight, min_snr_gamma=min_snr_gamma,
             use_dynamic_thres=use_dynamic_thres, dynamic_thres_percentile=dynamic_thres_percentile,
         )  # fmt: skip
         self.channels = channels
@@ -332,7 +333,7 @@ class GaussianDiffusion(PretrainedMixin, GaussianProcess):
         that x_0. `condition` adds reconstruction guidance (Ho et al. 2022, eq. 7) to x_0."""
 
         def predict_x_start(x_t: Tensor) -> Tensor:
-            model_output = self.denoise_fn.forward_with_cond_scale(x_t, t, cond=cond, cond_scale=cond_scale)
+            model_output = self.denoise_fn.forward_with_cond_scale(self.network_input(x_t, t), t, cond=cond, cond_scale=cond_scale)
             return self.predict_start_from_output(x_t, t, model_output)
 
         if exists(condition):
@@ -375,18 +376,18 @@ class GaussianDiffusion(PretrainedMixin, GaussianProcess):
     ) -> Tensor:
         """The denoising loss at steps `t` for `x_start` in [-1, 1] (Ho et al. 2020, eq. 14,
         with an l1 or l2 distance) between the network's output and its target under
-        `objective` (eps, x_0 or v), optionally Min-SNR weighted. Extra keywords reach the
+        `objective` (eps, x_0, v or the flow's velocity), optionally Min-SNR weighted. Extra keywords reach the
         denoiser."""
         noise = default(noise, lambda: torch.randn_like(x_start))
         x_noisy = self.q_sample(x_start=x_start, t=t, noise=noise)
         cond = self._embed_cond(cond, x_start.device)
-        model_output = self.denoise_fn(x_noisy, t, cond=cond, **kwargs)
+        model_output = self.denoise_fn(self.network_input(x_noisy, t), t, cond=cond, **kwargs)
 
         return self.loss(model_output, self.training_target(x_start, t, noise), t)
 
     def forward(self, videos: Tensor, *args, **kwargs) -> Tensor:
         """Training loss for videos in [0, 1] of shape `(b, channels, num_frames, image_size,
-        image_size)` at uniformly drawn steps. Keywords (`cond`, `null_cond_prob`,
+        image_size)` at steps drawn as `timestep_sampling` says (uniformly by default). Keywords (`cond`, `null_cond_prob`,
         `prob_focus_present`, `focus_present_mask`) reach `p_losses` and the denoiser.
         With `independent_frames` (joint image-video training, Ho et al. 2022, §3) the
         videos may carry image frames beyond `num_frames`; the denoiser checks the mask. The
@@ -395,5 +396,5 @@ class GaussianDiffusion(PretrainedMixin, GaussianProcess):
         if isinstance(cond := args[0] if args else kwargs.get("cond"), Tensor):
             check_finite(cond, "cond")
         b = videos.shape[0]
-        t = torch.randint(0, self.num_timesteps, (b,), device=videos.device).long()
+        t = self.sample_timesteps(b, videos.device)
         return self.p_losses(normalize_to_neg_one_to_one(videos), t, *args, **kwargs)

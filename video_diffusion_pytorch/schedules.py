@@ -45,9 +45,24 @@ def sigmoid_beta_schedule(timesteps: int, start: float = -3.0, end: float = 3.0,
     return _betas_from_alphas_cumprod(alphas_cumprod, max_beta=0.999)
 
 
+def rectified_flow_beta_schedule(timesteps: int) -> Tensor:
+    """The straight path of rectified flow, `x = (1 - t) x_0 + t eps` (Esser et al. 2024,
+    eq. 3), seen as a variance-preserving process: dividing by `sqrt((1 - t)² + t²)` gives
+    `alpha_bar(t) = (1 - t)² / ((1 - t)² + t²)`, here at the levels `t = i / T`, i = 1..T.
+    It ends at pure noise (`alpha_bar_T = 0`, beta_T = 1): zero terminal signal-to-noise
+    ratio, which the noise-predicting objective cannot use (`process.GaussianProcess`
+    refuses it). Returns float64 `(T,)`."""
+    t = torch.linspace(0, 1, timesteps + 1, dtype=torch.float64)
+    alphas_cumprod = (1 - t) ** 2 / ((1 - t) ** 2 + t**2)
+    return _betas_from_alphas_cumprod(alphas_cumprod, max_beta=1.0)
+
+
 BETA_SCHEDULES = {
     "cosine": cosine_beta_schedule,
     "linear": linear_beta_schedule,
     "sigmoid": sigmoid_beta_schedule,
+    "rectified_flow": rectified_flow_beta_schedule,
 }
+# the schedules whose last step is pure noise (alpha_bar_T = 0)
+PURE_NOISE_AT_THE_END = frozenset({"rectified_flow"})
 

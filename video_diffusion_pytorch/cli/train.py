@@ -14,7 +14,7 @@ from ..data import SUPPORTED_EXTENSIONS, find_files, read_captions
 from ..demo import DemoSettings, run_demo
 from ..diffusion import GaussianDiffusion
 from ..memory import available_memory, training_step_memory
-from ..process import OBJECTIVES
+from ..process import OBJECTIVES, RECTIFIED_FLOW, TIMESTEP_SAMPLINGS
 from ..run_settings import PRECISIONS, RUN_SETTINGS, merge_settings
 from ..schedules import BETA_SCHEDULES
 from ..trainer import Trainer
@@ -61,10 +61,23 @@ def _build_model(args: argparse.Namespace, folder: Path) -> GaussianDiffusion:
     )  # fmt: skip
     return GaussianDiffusion(
         unet, image_size=args.image_size, num_frames=args.num_frames, channels=args.channels,
-        timesteps=args.timesteps, loss_type=args.loss_type, text_use_bert_cls=args.text_use_bert_cls,
-        bert_model=args.bert_model, objective=args.objective, beta_schedule=args.beta_schedule,
-        min_snr_loss_weight=args.min_snr_loss_weight, sampling_timesteps=_sampling_steps(args),
+        timesteps=args.timesteps, text_use_bert_cls=args.text_use_bert_cls, bert_model=args.bert_model,
+        min_snr_loss_weight=args.min_snr_loss_weight, sampling_timesteps=_sampling_steps(args), **_objective(args),
     )  # fmt: skip
+
+
+def _objective(args: argparse.Namespace) -> dict:
+    """--objective, --beta-schedule, --timestep-sampling and --loss-type, or with
+    --rectified-flow the library's `RECTIFIED_FLOW`, which none of them may contradict."""
+    given = {name: getattr(args, name) for name in RECTIFIED_FLOW}
+    if not args.rectified_flow:
+        return given
+    clashes = [f"--{name.replace('_', '-')} {given[name]}" for name, value in RECTIFIED_FLOW.items()
+               if name in args.explicit and given[name] != value]  # fmt: skip
+    if clashes:
+        recipe = " ".join(f"--{name.replace('_', '-')} {value}" for name, value in RECTIFIED_FLOW.items())
+        raise UsageError(f"--rectified-flow means {recipe}, which contradicts {', '.join(clashes)}")
+    return dict(RECTIFIED_FLOW)
 
 
 def _sampling_steps(args: argparse.Namespace) -> int | None:
@@ -133,6 +146,7 @@ def _check_memory(diffusion: GaussianDiffusion, batch_size: int, images_per_clip
 MODEL_OPTIONS = {
     "image_size", "num_frames", "channels", "dim", "dim_mults", "attn_heads", "attn_dim_head", "timesteps", "loss_type",
     "bert_model", "text_use_bert_cls", "objective", "beta_schedule", "min_snr_loss_weight", "sampling_timesteps",
+    "timestep_sampling", "rectified_flow",
 }  # fmt: skip
 
 
@@ -160,6 +174,10 @@ def add_train_command(commands: argparse._SubParsersAction) -> None:
     model.add_argument("--text-use-bert-cls", action="store_true", help="embed captions with BERT's CLS vector")
     model.add_argument("--objective", choices=OBJECTIVES, default=d["objective"], help="what the network predicts")
     model.add_argument("--beta-schedule", choices=tuple(BETA_SCHEDULES), default=d["beta_schedule"], help="noise schedule")
+    model.add_argument("--timestep-sampling", choices=TIMESTEP_SAMPLINGS, default=d["timestep_sampling"],
+                       help="how training draws diffusion steps: uniform, or logit-normal (Esser et al. 2024)")  # fmt: skip
+    model.add_argument("--rectified-flow", action="store_true",
+                       help="train rectified flow (Esser et al. 2024): " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in RECTIFIED_FLOW.items()))  # fmt: skip
     model.add_argument("--min-snr", dest="min_snr_loss_weight", action="store_true", help="Min-SNR loss weighting (gamma 5)")
     model.add_argument("--sampling-steps", dest="sampling_timesteps", type=int, metavar="N", default=d["sampling_timesteps"],
                        help="network evaluations of the milestone samples, with the fast default sampler (None: every step, ancestral)")  # fmt: skip

@@ -24,7 +24,8 @@ TIMESTEP_SAMPLINGS = ("uniform", "logit_normal")
 
 # Rectified flow as Esser et al. (2024) train it: the straight path, the network predicting
 # its velocity, logit-normal times (§3.1) and a squared loss. On benchmarks/quality.py it made
-# the most coherent videos at every number of network evaluations (README, "Choosing a model").
+# far more coherent videos than the default at every number of network evaluations, for the
+# same training steps (README, "Choosing a model and a sampler").
 RECTIFIED_FLOW = dict(beta_schedule="rectified_flow", objective="pred_flow", timestep_sampling="logit_normal", loss_type="l2")
 
 
@@ -39,7 +40,7 @@ class GaussianProcess(nn.Module):
 
     Args:
         timesteps: diffusion steps T.
-        beta_schedule: 'cosine' (the original), 'linear' or 'sigmoid'; see `schedules`.
+        beta_schedule: 'cosine' (the original), 'linear', 'sigmoid' or 'rectified_flow'; see `schedules`.
         objective: what the network predicts: 'pred_noise' (eps, the original), 'pred_x0'
             (the clean sample), 'pred_v' (`v = sqrt(abar) eps - sqrt(1 - abar) x_0`,
             Salimans & Ho 2022, §4) or 'pred_flow' (rectified flow's velocity `eps - x_0`

@@ -31,7 +31,7 @@ SPACINGS = ("uniform", "karras")
 
 
 # What `sampling_timesteps < T` samples with when no sampler is named: the most coherent
-# videos per network evaluation on benchmarks/quality.py (README, "Choosing a sampler").
+# videos per network evaluation on benchmarks/quality.py (README, "Choosing a model and a sampler").
 FAST_SAMPLER, FAST_SPACING, FAST_ETA = "ddpm", "uniform", 0.0
 
 

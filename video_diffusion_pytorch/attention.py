@@ -54,8 +54,8 @@ def attend(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None = None, *, fused
 
 
 def rotary_tables(rotary_emb: RotaryEmbedding, n: int, *, dim_head: int, device: torch.device) -> Tensor:
-    """Cosines and signed sines `(2, 3, n, 1, dim_head, 1)` that rotate the query rows
-    (scaled by `dim_head ** -0.5`) and the key rows of a projection weight `(3, 1, heads,
+    """Cosines and signed sines `(2, n, 1, 3, dim_head, 1)` that rotate the query rows
+    (scaled by `dim_head ** -0.5`) and the key rows of a projection weight `(heads, 3,
     dim_head, dim)` to each of `n` positions, and leave the value rows; computed once per
     step and shared by every temporal attention.
 
@@ -75,8 +75,8 @@ def rotary_tables(rotary_emb: RotaryEmbedding, n: int, *, dim_head: int, device:
     scale = dim_head**-0.5
     cos = torch.stack((cos * scale, cos, torch.ones_like(cos)))
     sin = torch.stack((sin * scale, sin, torch.zeros_like(sin)))
-    # (2, 3, n, d) -> (2, 3, n, 1, d, 1): over heads and in-features
-    return rearrange(torch.stack((cos, sin)), "cs t n d -> cs t n 1 d 1")
+    # (2, 3, n, d) -> (2, n, 1, 3, d, 1): over heads and in-features
+    return rearrange(torch.stack((cos, sin)), "cs t n d -> cs n 1 t d 1")
 
 
 class Attention(nn.Module):
@@ -127,36 +127,38 @@ class Attention(nn.Module):
 
     def project(self, tokens: Tensor, rotation: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """Queries (scaled, rotated), keys (rotated) and values `(B, heads, n, d)` of
-        position-major tokens `(n, B, dim)`; `rotation` is `rotary_tables(self.rotary_emb,
-        n, ...)` when there is a rotary embedding. One matrix product makes all three as
-        `(3, n, B, heads * d)`, so that batch and heads merge into one axis of a view:
-        matrix products and the fused kernels read them without copies, and in training
-        their gradients gather in that layout with one copy (features interleaved as
-        `(heads, 3, d)` cost a second copy of them: 984 against 917 ms per CPU training
-        step at the `medium` size of benchmarks/speed.py)."""
+        position-major tokens `(n, B, dim)`, from one matrix product; `rotation` is
+        `rotary_tables(self.rotary_emb, n, ...)` when there is a rotary embedding. Features
+        come out head-major, `(heads, 3, d)`, so that batch and heads merge into one axis
+        of a view: matrix products and the fused kernels read them without copies. They
+        are split on that axis before any permutation, so that in training their gradients
+        stack straight into the product's layout, one copy (split after the permutation,
+        they took a second copy: about 100 ms of a 1.3 s CPU training step at the `medium`
+        size of benchmarks/speed.py)."""
         if exists(self.rotary_emb):
-            weight = self._rotated_weight(rotation)  # (3, n, heads * d, c): a weight per position
+            # (n, B, c) @ (n, c, heads * 3 * d): a weight per position
+            qkv = torch.bmm(tokens, self._rotated_weight(rotation).transpose(1, 2))
         else:
             w_q, w_kv = self.to_qkv.weight.split((self.heads * self.dim_head, 2 * self.heads * self.dim_head))
-            weight = rearrange(torch.cat((w_q * self.scale, w_kv)), "(t hd) c -> t 1 hd c", t=3)
-        # (n, B, c) @ (3, n or 1, c, heads * d) -> (3, n, B, heads, d) -> 3 x (B, heads, n, d),
-        # views; split, then permuted, so that the gradients stack straight into this layout
-        qkv = rearrange(torch.matmul(tokens, weight.transpose(-1, -2)), "t n B (h d) -> t n B h d", h=self.heads)
-        return tuple(rearrange(x, "n B h d -> B h n d") for x in qkv.unbind(0))
+            weight = torch.cat((w_q * self.scale, w_kv))
+            qkv = F.linear(tokens, rearrange(weight, "(t h d) c -> (h t d) c", t=3, h=self.heads))
+        # (n, B, (heads, 3, d)) -> 3 x (n, B, heads, d) -> 3 x (B, heads, n, d), views
+        qkv = rearrange(qkv, "n B (h t d) -> n B h t d", h=self.heads, t=3)
+        return tuple(rearrange(x, "n B h d -> B h n d") for x in qkv.unbind(3))
 
     def _rotated_weight(self, rotation: Tensor) -> Tensor:
-        """The projection weights of q, k and v at each of n positions, `(3, n, heads * d,
-        dim)`, with the rotary embedding and the query's `d ** -0.5` scale folded in.
+        """The projection weight of each of n positions, `(n, heads * 3 * d, dim)`, rows
+        head-major, with the rotary embedding and the query's `d ** -0.5` scale folded in.
         A rotation is linear, so rotating the weights rotates the projections: `R_m (W x_m)
         = (R_m W) x_m` (RoFormer, Su et al. 2021, eq. 34), at the cost of a few weight-sized
         products instead of several passes over every query and key."""
-        cos, sin = rotation  # (3, n, 1, d, 1) each
-        # (3 * heads * d, c) -> (3, 1, heads, d, c)
-        weight = rearrange(self.to_qkv.weight, "(t h d) c -> t 1 h d c", t=3, h=self.heads)
+        cos, sin = rotation  # (n, 1, 3, d, 1) each
+        # (3 * heads * d, c) -> (heads, 3, d, c)
+        weight = rearrange(self.to_qkv.weight, "(t h d) c -> h t d c", t=3, h=self.heads)
         # each feature pair swapped: rotate_half with its signs folded into the sines
-        swapped = rearrange(weight, "t 1 h (i r) c -> t 1 h i r c", r=2).flip(-2).flatten(3, 4)
-        # (3, 1, heads, d, c) -> (3, n, heads, d, c) -> (3, n, heads * d, c)
-        return (weight * cos + swapped * sin).flatten(2, 3)
+        swapped = rearrange(weight, "h t (i r) c -> h t i r c", r=2).flip(-2).flatten(2, 3)
+        # (heads, 3, d, c) -> (n, heads, 3, d, c) -> (n, heads * 3 * d, c)
+        return (weight * cos + swapped * sin).flatten(1, 3)
 
     def logit_bias(
         self, pos_bias: Tensor | None, attn_mask: Tensor | None, batch: list[int], n: int, dtype: torch.dtype

@@ -11,7 +11,8 @@ one warm-up each; the median of `--repeats`), so that both see the same machine 
 
 - train step: forward and backward of `GaussianDiffusion.p_losses`, batch 2, the U-net
   unconditional (its defaults); clips/s is batch / step time (`paper`: batch 8, the
-  U-net conditional, `cond_dim=64`);
+  U-net conditional, `cond_dim=64`); beside it the median minor page faults of a timed
+  step (`time_interleaved` says why they matter on CPU);
 - guided sampling step: `p_sample` with `cond_scale=3` on the same U-net with
   `cond_dim=16`, at batch 1 and 4 (`paper`: 64, at batch 4); seconds per sampled video
   is the largest batch's step time x the number of steps (`--steps`, the schedule's
@@ -39,6 +40,11 @@ from typing import Callable
 
 import torch
 
+try:
+    import resource  # POSIX
+except ImportError:
+    resource = None
+
 from cases import (
     CONFIGS,
     GUIDANCE_SCALE,
@@ -65,22 +71,35 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _minor_faults() -> int:
+    """Minor page faults of this process so far (0 where the OS does not count them)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt if resource else 0
+
+
 def time_interleaved(
     steps: dict[str, Callable[[], None]], *, repeats: int, device: torch.device, before: Callable[[], None]
-) -> dict[str, list[float]]:
-    """Seconds per call of each step, alternating between them `repeats` times after one
-    untimed warm-up call each; `before` runs untimed ahead of every call."""
+) -> tuple[dict[str, list[float]], dict[str, list[int]]]:
+    """Seconds and minor page faults per call of each step, alternating between them
+    `repeats` times after one untimed warm-up call each; `before` runs untimed ahead of
+    every call.
+
+    On CPU the page faults explain much of the spread between runs: glibc's malloc hands
+    every allocation past 32 MiB a fresh `mmap`, and returns freed heap memory to the
+    system past a threshold, so the same step can fault in hundreds of MiB one call and
+    none the next (at about 1.5 us a page, 0.2 s at the `medium` size)."""
     times: dict[str, list[float]] = {name: [] for name in steps}
+    faults: dict[str, list[int]] = {name: [] for name in steps}
     for round_index in range(repeats + 1):
         for name, step in steps.items():
             before()
             _synchronize(device)
-            start = time.perf_counter()
+            faults_before, start = _minor_faults(), time.perf_counter()
             step()
             _synchronize(device)
             if round_index > 0:
                 times[name].append(time.perf_counter() - start)
-    return times
+                faults[name].append(_minor_faults() - faults_before)
+    return times, faults
 
 
 def measure_speed(config_name: str, device: torch.device, dtype: str, *, repeats: int, steps: int) -> dict:
@@ -99,9 +118,10 @@ def measure_speed(config_name: str, device: torch.device, dtype: str, *, repeats
             model.zero_grad(set_to_none=True)
 
     steps_of = {path: train_step(pair[path], inputs, dtype) for path in PATHS}
-    times = time_interleaved(steps_of, repeats=repeats, device=device, before=drop_grads)
+    times, faults = time_interleaved(steps_of, repeats=repeats, device=device, before=drop_grads)
     for path in PATHS:
         result[path]["train_step_s"] = statistics.median(times[path])
+        result[path]["train_page_faults"] = statistics.median(faults[path])
         result[path]["clips_per_s"] = config.train_batch / result[path]["train_step_s"]
         result[path].update(_work("train", steps_of[path], device, result[path]["train_step_s"], drop_grads))
     del pair, steps_of
@@ -110,7 +130,7 @@ def measure_speed(config_name: str, device: torch.device, dtype: str, *, repeats
     for batch in config.guided_batches:
         inputs = make_inputs(config, batch, conditional=True, device=device)
         steps_of = {path: guided_step(pair[path], inputs, dtype) for path in PATHS}
-        times = time_interleaved(steps_of, repeats=repeats, device=device, before=lambda: None)
+        times, _ = time_interleaved(steps_of, repeats=repeats, device=device, before=lambda: None)
         for path in PATHS:
             result[path][f"guided_step_b{batch}_s"] = statistics.median(times[path])
     batch = max(config.guided_batches)
@@ -158,7 +178,8 @@ def measure_memory(config_name: str, device: torch.device, dtype: str, threads: 
 # (header, key, scale, ratio direction): "baseline / optimised" for times and work,
 # "optimised / baseline" for rates; None: no ratio
 COLUMNS = (
-    ("train step ms", "train_step_s", 1000, "b/o"), ("clips/s", "clips_per_s", 1, "o/b"),
+    ("train step ms", "train_step_s", 1000, "b/o"), ("train page faults", "train_page_faults", 1, None),
+    ("clips/s", "clips_per_s", 1, "o/b"),
     *((f"guided b{b} ms", f"guided_step_b{b}_s", 1000, "b/o") for b in (1, 4)),
     ("s/video", "s_per_video", 1, "b/o"),
     ("train aten ops", "train_aten_ops", 1, "b/o"), ("train copies", "train_copies", 1, "b/o"),

@@ -20,7 +20,7 @@ from rotary_embedding_torch import RotaryEmbedding
 from torch import einsum, nn
 
 from video_diffusion_pytorch.attention import Attention as PackageAttention
-from video_diffusion_pytorch.attention import RelativePositionBias as _BucketedBias
+from video_diffusion_pytorch.positions import RelativePositionBias as _BucketedBias
 from video_diffusion_pytorch.attention import SpatialLinearAttention as PackageSpatialLinearAttention
 from video_diffusion_pytorch.helpers import default, exists, prob_mask_like
 from video_diffusion_pytorch.nn import SinusoidalPosEmb

@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "video_diffusion_pytorch"
 # bottom to top; a module may import from its own layer and the ones below
 LAYERS = [
     ("foundation", {"version", "helpers", "checks", "files", "denoiser", "pretrained", "text"}),
-    ("network", {"nn", "attention", "unet_inputs", "unet"}),
+    ("network", {"nn", "positions", "attention", "unet_inputs", "unet"}),
     ("diffusion", {"schedules", "process", "samplers", "conditioning", "generation", "diffusion"}),
     ("models and data", {"hub", "video_io", "data", "synthetic", "checkpoint", "metrics"}),
     ("training", {

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
@@ -112,6 +113,50 @@ def test_training_gradients_match_the_original():
         diffusion = GaussianDiffusion(model, image_size=8, num_frames=3)
         diffusion.p_losses(x.clamp(-1, 1), t, cond=c, noise=noise, prob_focus_present=0.0).backward()
     assert_same_gradients(unet, original)
+
+
+@pytest.mark.parametrize("frames", [3, 16], ids=["transposed-softmax", "row-softmax"])
+def test_temporal_attention_matches_the_original_on_both_softmax_layouts(frames):
+    """Under 16 frames the attention normalises transposed logits (a faster CPU kernel);
+    from 16 on, the rows. Both compute the original's function and gradients."""
+    unet, original = make_pair()
+    x, t, _ = make_inputs(frames=frames, size=4, cond=False)
+    noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(2))
+    for model in (unet, original):
+        diffusion = GaussianDiffusion(model, image_size=4, num_frames=frames)
+        diffusion.p_losses(x.clamp(-1, 1), t, noise=noise, prob_focus_present=0.0).backward()
+    assert_same_gradients(unet, original)
+
+
+def test_the_attention_projection_keeps_small_buffers_and_contiguous_operands():
+    """q, k and v come from a product each: no buffer of the three together (past glibc's
+    32 MiB, every allocation is a fresh mmap whose pages fault in again), and their
+    gradients reach the products' backward in a layout batched BLAS takes, without a
+    copy per position."""
+    unet = Unet3D(**TINY)
+    temporal = unet.downs[0][3].fn.fn  # Residual(PreNorm(TemporalAttention))
+    heads, dim_head = TINY["attn_heads"], TINY["attn_dim_head"]
+    x = torch.randn(2, TINY["dim"], 4, 8, 8, requires_grad=True)
+    pos_bias = unet.time_rel_pos_bias(4, device=x.device)
+
+    class Record(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.sizes, self.operands = [], []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if isinstance(out, torch.Tensor):
+                self.sizes.append(out.untyped_storage().nbytes())
+            if func is torch.ops.aten.bmm.default:
+                self.operands += [a.stride() for a in args]
+            return out
+
+    with Record() as record:
+        temporal(x, pos_bias=pos_bias).sum().backward()
+    query_bytes = x.shape[0] * 8 * 8 * 4 * heads * dim_head * 4
+    assert max(record.sizes) <= query_bytes
+    assert record.operands and all(1 in stride[-2:] for stride in record.operands), record.operands
 
 
 # ---------------------------------------------------------------- guidance in one batch

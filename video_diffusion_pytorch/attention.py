@@ -1,4 +1,4 @@
-"""Attention layers: multi-head attention with rotary and relative-position terms, the
+"""Attention layers: multi-head attention (its position terms are in `positions.py`), the
 linear spatial attention, and the folds that turn a video into token sequences.
 
 Temporal attention treats every pixel as its own sequence of frames; spatial attention
@@ -8,8 +8,6 @@ factorised" U-net).
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from einops import rearrange
@@ -18,6 +16,7 @@ from torch import Tensor, nn
 
 from .helpers import exists
 from .nn import in_input_dtype
+from .positions import rotary_tables
 
 # ---------------------------------------------------------------- multi-head attention
 
@@ -47,36 +46,46 @@ def attend(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None = None, *, fused
     """
     if fused if exists(fused) else (q.is_cuda or torch.compiler.is_compiling()):
         return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=1.0)
-    sim = q @ k.transpose(-1, -2)
-    if exists(bias):
-        sim = sim + bias
-    return sim.softmax(dim=-1) @ v
+    # batch and heads as one axis (a view of the layouts `Attention.project` hands over):
+    # `torch.bmm` on it dispatches fewer operations than `matmul`'s broadcasting
+    b, heads, n, _ = q.shape
+    q, k, v = (t.reshape(b * heads, t.shape[2], -1) for t in (q, k, v))
+    if n >= _SHORT_ROWS:
+        sim = torch.bmm(q, k.transpose(1, 2)).view(b, heads, n, -1)
+        attn = (sim + bias if exists(bias) else sim).softmax(dim=-1)
+    else:
+        # the logits transposed, (keys, queries), normalised over their second-to-last axis
+        sim_t = torch.bmm(k, q.transpose(1, 2)).view(b, heads, -1, n)
+        attn = (sim_t + bias.transpose(-1, -2) if exists(bias) else sim_t).softmax(dim=-2).transpose(-1, -2)
+    return torch.bmm(attn.reshape(b * heads, n, -1), v).view(b, heads, n, -1)
 
 
-def rotary_tables(rotary_emb: RotaryEmbedding, n: int, *, dim_head: int, device: torch.device) -> Tensor:
-    """Cosines and signed sines `(2, n, 1, 3, dim_head, 1)` that rotate the query rows
-    (scaled by `dim_head ** -0.5`) and the key rows of a projection weight `(heads, 3,
-    dim_head, dim)` to each of `n` positions, and leave the value rows; computed once per
-    step and shared by every temporal attention.
+# A CPU softmax over a last axis shorter than this runs a slow kernel: forward and backward
+# take about 4x as long as the same softmax over the second-to-last axis (measured for
+# lengths 2 to 15 on AVX-512; equal at 16, the last axis faster beyond). Temporal attention
+# over 8 frames spent 6% of a CPU training step there.
+_SHORT_ROWS = 16
 
-    The rotary embedding (RoFormer, Su et al. 2021, eq. 34) rotates feature pairs
-    `(x_2i, x_2i+1)` of position m by angle `m theta_i`: `x cos + rotate_half(x) sin`, with
-    `rotate_half(x)_2i = -x_2i+1` and `rotate_half(x)_2i+1 = x_2i`. The frequencies come
-    from `rotary_emb`; features past its width are not rotated (cos 1, sin 0).
-    """
-    seq = rotary_emb.get_seq_pos(n, device=device, dtype=rotary_emb.freqs.dtype)
-    angles = rotary_emb(seq, seq_len=n)  # (n, r), each angle repeated for its pair
-    pad = (0, dim_head - angles.shape[-1])
-    # (n, r) -> (n, r / 2, 2): the sine of the first of each pair gets rotate_half's sign
-    sin = rearrange(angles.sin(), "n (i r) -> n i r", r=2)
-    sin = F.pad(torch.stack((-sin[..., 0], sin[..., 1]), dim=-1).flatten(1), pad)
-    cos = F.pad(angles.cos(), pad, value=1.0)
-    # (3, n, d): queries (scaled), keys, values (not rotated: cos 1, sin 0)
-    scale = dim_head**-0.5
-    cos = torch.stack((cos * scale, cos, torch.ones_like(cos)))
-    sin = torch.stack((sin * scale, sin, torch.zeros_like(sin)))
-    # (2, 3, n, d) -> (2, n, 1, 3, d, 1): over heads and in-features
-    return rearrange(torch.stack((cos, sin)), "cs t n d -> cs n 1 t d 1")
+
+class _SplitHeads(torch.autograd.Function):
+    """`(n, B, heads * d) -> (B, heads, n, d)`, a view, whose gradient comes back
+    contiguous in `(n, B, heads * d)`. The attention returns the gradients of the queries,
+    keys and values in `(B, heads, n, d)` order; passed to the projection's backward
+    matrix product as a strided view, they take it off the batched BLAS path to a loop of
+    per-position products, each copying its operand. One copy here keeps it on that path.
+    (A rearrange would give the strided view; `contiguous` copies in the forward.)"""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, heads: int) -> Tensor:
+        n, batch, _ = x.shape
+        return x.view(n, batch, heads, -1).permute(1, 2, 0, 3)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
+        batch, heads, n, d = grad.shape
+        out = grad.new_empty((n, batch, heads * d))
+        out.view(n, batch, heads, d).permute(1, 2, 0, 3).copy_(grad)
+        return out, None
 
 
 class Attention(nn.Module):
@@ -127,38 +136,36 @@ class Attention(nn.Module):
 
     def project(self, tokens: Tensor, rotation: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """Queries (scaled, rotated), keys (rotated) and values `(B, heads, n, d)` of
-        position-major tokens `(n, B, dim)`, from one matrix product; `rotation` is
-        `rotary_tables(self.rotary_emb, n, ...)` when there is a rotary embedding. Features
-        come out head-major, `(heads, 3, d)`, so that batch and heads merge into one axis
-        of a view: matrix products and the fused kernels read them without copies. They
-        are split on that axis before any permutation, so that in training their gradients
-        stack straight into the product's layout, one copy (split after the permutation,
-        they took a second copy: about 100 ms of a 1.3 s CPU training step at the `medium`
-        size of benchmarks/speed.py)."""
+        position-major tokens `(n, B, dim)`; `rotation` is `rotary_tables(self.rotary_emb,
+        n, ...)` when there is a rotary embedding. Each comes from its own matrix product,
+        a view of it: batch and heads merge into one axis, so matrix products and the fused
+        kernels read them without copies. Three products, not one: the gradients need no
+        stacking, and no buffer reaches glibc's 32 MiB limit past which every allocation is
+        a fresh `mmap` (one product's qkv and its gradient, 48 MiB at the `medium` size of
+        benchmarks/speed.py, took about 120,000 page faults per CPU training step)."""
         if exists(self.rotary_emb):
-            # (n, B, c) @ (n, c, heads * 3 * d): a weight per position
-            qkv = torch.bmm(tokens, self._rotated_weight(rotation).transpose(1, 2))
+            # 3 x (n, B, c) @ (n, c, heads * d): a weight per position
+            qkv = [torch.bmm(tokens, w) for w in self._rotated_weights(rotation).unbind(0)]
         else:
+            # one product for all positions, (n, B, 3 * heads * d), split into views
             w_q, w_kv = self.to_qkv.weight.split((self.heads * self.dim_head, 2 * self.heads * self.dim_head))
-            weight = torch.cat((w_q * self.scale, w_kv))
-            qkv = F.linear(tokens, rearrange(weight, "(t h d) c -> (h t d) c", t=3, h=self.heads))
-        # (n, B, (heads, 3, d)) -> 3 x (n, B, heads, d) -> 3 x (B, heads, n, d), views
-        qkv = rearrange(qkv, "n B (h t d) -> n B h t d", h=self.heads, t=3)
-        return tuple(rearrange(x, "n B h d -> B h n d") for x in qkv.unbind(3))
+            qkv = F.linear(tokens, torch.cat((w_q * self.scale, w_kv))).chunk(3, dim=-1)
+        return tuple(_SplitHeads.apply(x, self.heads) for x in qkv)
 
-    def _rotated_weight(self, rotation: Tensor) -> Tensor:
-        """The projection weight of each of n positions, `(n, heads * 3 * d, dim)`, rows
-        head-major, with the rotary embedding and the query's `d ** -0.5` scale folded in.
-        A rotation is linear, so rotating the weights rotates the projections: `R_m (W x_m)
-        = (R_m W) x_m` (RoFormer, Su et al. 2021, eq. 34), at the cost of a few weight-sized
-        products instead of several passes over every query and key."""
-        cos, sin = rotation  # (n, 1, 3, d, 1) each
-        # (3 * heads * d, c) -> (heads, 3, d, c)
-        weight = rearrange(self.to_qkv.weight, "(t h d) c -> h t d c", t=3, h=self.heads)
+    def _rotated_weights(self, rotation: Tensor) -> Tensor:
+        """The transposed projection weights of each of n positions, `(3, n, dim, heads *
+        d)`: the query's, the key's and the value's, with the rotary embedding and the
+        query's `d ** -0.5` scale folded in. A rotation is linear, so rotating the weights
+        rotates the projections: `R_m (W x_m) = (R_m W) x_m` (RoFormer, Su et al. 2021, eq.
+        34), at the cost of a few weight-sized products instead of several passes over
+        every query and key."""
+        cos, sin = rotation  # (3, n, 1, 1, d) each
+        # (3 * heads * d, c) -> (3, 1, c, heads, d)
+        weight = rearrange(self.to_qkv.weight, "(t h d) c -> t 1 c h d", t=3, h=self.heads)
         # each feature pair swapped: rotate_half with its signs folded into the sines
-        swapped = rearrange(weight, "h t (i r) c -> h t i r c", r=2).flip(-2).flatten(2, 3)
-        # (heads, 3, d, c) -> (n, heads, 3, d, c) -> (n, heads * 3 * d, c)
-        return (weight * cos + swapped * sin).flatten(1, 3)
+        swapped = rearrange(weight, "t 1 c h (i r) -> t 1 c h i r", r=2).flip(-1).flatten(4, 5)
+        # (3, 1, c, heads, d) -> (3, n, c, heads, d) -> (3, n, c, heads * d)
+        return (weight * cos + swapped * sin).flatten(3, 4)
 
     def logit_bias(
         self, pos_bias: Tensor | None, attn_mask: Tensor | None, batch: list[int], n: int, dtype: torch.dtype
@@ -174,72 +181,10 @@ class Attention(nn.Module):
             return bias.expand(*batch, self.heads, n, n).reshape(-1, self.heads, n, n)
         if not exists(bias):
             return None
-        # (heads, n, n) -> (1, heads, n, n); a copy only if it comes in another layout or dtype
-        return rearrange(bias, "h i j -> 1 h i j").to(dtype).contiguous()
-
-
-# ---------------------------------------------------------------- relative position bias
-
-
-class RelativePositionBias(nn.Module):
-    """T5-style bidirectional relative-position bias for temporal attention.
-
-    Offsets `i - j` are bucketed: half of the buckets for each direction, exact buckets
-    for small offsets, logarithmic ones up to `max_distance` (Raffel et al. 2020, §2.1).
-    """
-
-    def __init__(self, heads: int = 8, num_buckets: int = 32, max_distance: int = 128):
-        super().__init__()
-        self.num_buckets = num_buckets
-        self.max_distance = max_distance
-        self.relative_attention_bias = nn.Embedding(num_buckets, heads)
-        # bucket indices per (frame count, device); they depend on nothing else, so they
-        # never go stale (the bias itself is looked up on every call: it is learned)
-        self._buckets: dict[tuple[int, torch.device], Tensor] = {}
-
-    @staticmethod
-    def _relative_position_bucket(
-        relative_position: Tensor, num_buckets: int = 32, max_distance: int = 128
-    ) -> Tensor:
-        n = -relative_position
-        num_buckets //= 2
-        bucket = (n < 0).long() * num_buckets
-        n = torch.abs(n)
-
-        max_exact = num_buckets // 2
-        is_small = n < max_exact
-        # log-spaced buckets between max_exact and max_distance
-        val_if_large = max_exact + (
-            torch.log(n.float() / max_exact)
-            / math.log(max_distance / max_exact)
-            * (num_buckets - max_exact)
-        ).long()
-        val_if_large = torch.minimum(val_if_large, torch.full_like(val_if_large, num_buckets - 1))
-        return bucket + torch.where(is_small, n, val_if_large)
-
-    def forward(self, n: int, device: torch.device) -> Tensor:
-        """Bias `(heads, n, n)` for `n` frames."""
-        values = self.relative_attention_bias(self._bucket_indices(n, device))
-        return rearrange(values, "i j h -> h i j")
-
-    def _bucket_indices(self, n: int, device: torch.device) -> Tensor:
-        if torch.compiler.is_compiling():
-            # traced as constants; a cached tensor would be a graph output, which CUDA
-            # graphs overwrite on their next replay
-            return self._buckets_for(n, device)
-        key = (n, torch.device(device))
-        if key not in self._buckets:
-            # built outside inference mode, so a cache filled while sampling still serves
-            # autograd later (reconstruction guidance, training)
-            with torch.inference_mode(False):
-                self._buckets[key] = self._buckets_for(n, device)
-        return self._buckets[key]
-
-    def _buckets_for(self, n: int, device: torch.device) -> Tensor:
-        """Bucket indices `(n, n)` of the offsets between n frames."""
-        pos = torch.arange(n, dtype=torch.long, device=device)
-        rel_pos = rearrange(pos, "j -> 1 j") - rearrange(pos, "i -> i 1")
-        return self._relative_position_bucket(rel_pos, num_buckets=self.num_buckets, max_distance=self.max_distance)
+        # (heads, n, n) -> (1, heads, n, n); a copy only if it comes in another layout or
+        # dtype (checked here: a no-op `to` or `contiguous` would still be dispatched)
+        bias = bias.unsqueeze(0)
+        return bias if bias.dtype == dtype and bias.is_contiguous() else bias.to(dtype).contiguous()
 
 
 # ---------------------------------------------------------------- masks over frames
@@ -367,7 +312,7 @@ class SpatialLinearAttention(nn.Module):
 
         # (x k^T): (bf, c, n) @ (bf, n, heads * d) -> (bf, c, heads * d); in this order the
         # gradient of k comes out in k's own layout
-        x_k = tokens.transpose(1, 2) @ k.flatten(2)
+        x_k = torch.bmm(tokens.transpose(1, 2), k.flatten(2))
         # per head, the frames' features stacked: (bf, c, heads * d) -> (heads, bf * d, c)
         x_k = rearrange(x_k, "b c (h d) -> h (b d) c", h=heads)
         # context^T: (heads, bf * d, c) @ (heads, c, e) -> (heads, bf * d, e)

@@ -12,19 +12,12 @@ from rotary_embedding_torch import RotaryEmbedding
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from .attention import (
-    Attention,
-    RelativePositionBias,
-    SpatialAttention,
-    SpatialLinearAttention,
-    TemporalAttention,
-    compute_dtype,
-    rotary_tables,
-)
+from .attention import Attention, SpatialAttention, SpatialLinearAttention, TemporalAttention, compute_dtype
 from .checks import check_number
 from .denoiser import DenoiserSpec
 from .helpers import default, exists, prob_mask_like
 from .nn import Downsample, FrameConv3d, PreNorm, Residual, ResnetBlock, SinusoidalPosEmb, Upsample
+from .positions import RelativePositionBias, rotary_tables
 from .pretrained import PretrainedMixin, records_config
 from .text import BERT_MODEL_DIM
 from .unet_inputs import batch_of_steps, check_arguments, check_inputs, input_signature

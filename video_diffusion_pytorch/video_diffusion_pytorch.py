@@ -5,7 +5,7 @@ Re-exports the original's public names that exist here with the same meaning; th
 lives in the modules named in each import.
 """
 
-from .attention import Attention, RelativePositionBias, SpatialLinearAttention
+from .attention import Attention, SpatialLinearAttention
 from .data import CHANNELS_TO_MODE, gif_to_tensor, seek_all_images, video_tensor_to_gif
 from .data import VideoDataset as Dataset
 from .diffusion import GaussianDiffusion
@@ -14,6 +14,7 @@ from .helpers import default, exists, extract, num_to_groups, prob_mask_like
 from .helpers import normalize_to_neg_one_to_one as normalize_img
 from .helpers import unnormalize_to_zero_to_one as unnormalize_img
 from .nn import Block, Downsample, LayerNorm, PreNorm, Residual, ResnetBlock, SinusoidalPosEmb, Upsample
+from .positions import RelativePositionBias
 from .schedules import cosine_beta_schedule
 from .text import BERT_MODEL_DIM, bert_embed, tokenize
 from .trainer import Trainer, noop

@@ -13,7 +13,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "video_diffusion_pytorch"
 
 # bottom to top; a module may import from its own layer and the ones below
 LAYERS = [
-    ("foundation", {"version", "helpers", "checks", "files", "denoiser", "pretrained", "text"}),
+    ("foundation", {"version", "helpers", "checks", "files", "host_memory", "denoiser", "pretrained", "text"}),
     ("network", {"nn", "positions", "attention", "unet_inputs", "unet"}),
     ("diffusion", {"schedules", "process", "samplers", "conditioning", "generation", "diffusion"}),
     ("models and data", {"hub", "video_io", "data", "synthetic", "checkpoint", "metrics"}),

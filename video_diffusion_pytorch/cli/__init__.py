@@ -13,6 +13,7 @@ import argparse
 import sys
 from typing import Sequence
 
+from ..host_memory import keep_freed_host_memory
 from ..trainer import NonFiniteLossError
 from ..video_io import MissingVideoSupportError
 from .common import PROG, UsageError
@@ -56,6 +57,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exit:  # --help, or a usage error argparse has already reported
         return int(exit.code or 0)
     args.explicit = _explicit_options(argv)
+    # the command owns its process: large activations are freed and allocated again on
+    # every step, and glibc would otherwise fault their pages in anew each time
+    keep_freed_host_memory()
     try:
         return args.run(args)
     except (ValueError, OSError, MissingVideoSupportError, NonFiniteLossError) as error:

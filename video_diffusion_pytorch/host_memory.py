@@ -6,7 +6,7 @@ glibc's malloc serves every allocation past a threshold (which it raises to at m
 to the system. Each new page then faults in again, zero-filled, at about 1.5 us a page. A
 training step allocates and frees the same large activations every time, so it pays that
 on every step: at the `large` size of benchmarks/speed.py (16 frames of 64x64, CPU, two
-threads) about 2.5 million page faults a step, 8.9 s against 3.9 s once the memory is
+threads) about 2.5 million page faults a step, 8.9 s against 3.6 s once the memory is
 kept. The process then holds on to its peak memory, as PyTorch's CUDA caching allocator
 does on a GPU.
 """
@@ -24,7 +24,7 @@ _NEVER_TRIM = -1
 
 def keep_freed_host_memory(mmap_threshold: int = 2**30) -> bool:
     """Make glibc's malloc serve allocations under `mmap_threshold` bytes from its heap and
-    keep the memory they free for the next ones (`mallopt`; the same as starting the
+    keep the memory they free for the next ones (`mallopt`; much as starting the
     process with `GLIBC_TUNABLES=glibc.malloc.mmap_threshold=...:glibc.malloc.trim_threshold=...`).
     Affects the whole process, from now on. The `video-diffusion` command calls it.
 

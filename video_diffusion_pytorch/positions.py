@@ -17,8 +17,8 @@ from torch import Tensor, nn
 def rotary_tables(rotary_emb: RotaryEmbedding, n: int, *, dim_head: int, device: torch.device) -> Tensor:
     """Cosines and signed sines `(2, 3, n, 1, 1, dim_head)` that rotate the query columns
     (scaled by `dim_head ** -0.5`) and the key columns of a transposed projection weight
-    `(3, dim, heads, dim_head)` to each of `n` positions, and leave the value rows; computed once per
-    step and shared by every temporal attention.
+    `(3, dim, heads, dim_head)` to each of `n` positions, and leave the value columns;
+    computed once per step and shared by every temporal attention.
 
     The rotary embedding (RoFormer, Su et al. 2021, eq. 34) rotates feature pairs
     `(x_2i, x_2i+1)` of position m by angle `m theta_i`: `x cos + rotate_half(x) sin`, with

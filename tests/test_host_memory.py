@@ -52,6 +52,12 @@ def test_it_reports_no_effect_where_the_c_library_is_not_glibc(monkeypatch):
     assert host_memory.keep_freed_host_memory() is False
 
 
+@pytest.mark.parametrize("threshold, error", [(0, ValueError), (2**31, ValueError), (1.5, TypeError)])
+def test_a_threshold_mallopt_cannot_take_is_refused(threshold, error):
+    with pytest.raises(error, match="mmap_threshold"):
+        host_memory.keep_freed_host_memory(threshold)
+
+
 def test_the_command_keeps_freed_memory(monkeypatch, tmp_path, capsys):
     calls = []
     monkeypatch.setattr(cli, "keep_freed_host_memory", lambda: calls.append(True))

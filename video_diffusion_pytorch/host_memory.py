@@ -16,10 +16,13 @@ from __future__ import annotations
 import ctypes
 import platform
 
+from .checks import check_int
+
 # mallopt parameters, from glibc's malloc.h
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 _NEVER_TRIM = -1
+_C_INT_MAX = 2**31 - 1  # mallopt takes a C int
 
 
 def keep_freed_host_memory(mmap_threshold: int = 2**30) -> bool:
@@ -30,8 +33,11 @@ def keep_freed_host_memory(mmap_threshold: int = 2**30) -> bool:
 
     Returns whether it took effect: False where the C library is not glibc, or where this
     glibc refuses so high a threshold (before version 2.36 or so it takes at most 32 MiB);
-    then nothing is changed.
+    then nothing is changed. A threshold that is not a positive C int is a clear error.
     """
+    check_int("mmap_threshold", mmap_threshold)
+    if mmap_threshold > _C_INT_MAX:
+        raise ValueError(f"mmap_threshold must be at most {_C_INT_MAX} bytes (a C int), got {mmap_threshold}")
     if platform.libc_ver()[0] != "glibc":
         return False
     try:
